@@ -1,0 +1,85 @@
+"""Full-ranking evaluation: score every item for a chunk of users, mask history, one top-k.
+
+Nothing here knows about models: callers pass a ``score_fn(users) -> [B, num_items]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from mmrec.data.interactions import InteractionMatrix
+from mmrec.evaluation.metrics import compute_all
+
+
+def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
+               truth: InteractionMatrix, max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``max_k`` hits for a chunk of users.
+
+    Args:
+        scores: ``[B, num_items]`` scores of ``users``; overwritten in place (masked).
+        users: ``[B]`` user ids.
+        exclude: interaction sets whose items are removed from the ranking (training items,
+            and validation items at test time).
+        truth: the relevant items.
+        max_k: length of the ranked list.
+
+    Returns:
+        ``hits [B, max_k] bool`` and ``num_pos [B]``.
+    """
+    for matrix in exclude:
+        row, col = matrix.gather(users)
+        scores[row, col] = -torch.inf
+    top = torch.topk(scores, k=max_k, dim=1).indices  # [B, max_k]
+    row, col = truth.gather(users)
+    relevant = torch.zeros_like(scores, dtype=torch.bool)  # [B, num_items]
+    relevant[row, col] = True
+    return relevant.gather(1, top), truth.counts(users)
+
+
+class MetricAccumulator:
+    """Collects per-user metric rows over chunks and averages them, overall and per group."""
+
+    def __init__(self, ks: Sequence[int], metrics: Sequence[str] = ("recall", "ndcg", "precision",
+                                                                     "map", "hit")):
+        self.ks = list(ks)
+        self.metrics = list(metrics)
+        self.reset()
+
+    def reset(self) -> None:
+        self._rows: dict[str, list[torch.Tensor]] = {m: [] for m in self.metrics}
+
+    def update(self, hits: torch.Tensor, num_pos: torch.Tensor) -> None:
+        keep = num_pos > 0
+        values = compute_all(hits[keep].cpu(), num_pos[keep].cpu(), self.ks, self.metrics)
+        for name, value in values.items():
+            self._rows[name].append(value)
+
+    @property
+    def num_users(self) -> int:
+        rows = self._rows[self.metrics[0]]
+        return int(sum(r.shape[0] for r in rows))
+
+    def compute(self) -> dict[str, float]:
+        """``{"recall@20": mean over users, ...}``."""
+        out: dict[str, float] = {}
+        for name, rows in self._rows.items():
+            if not rows:
+                continue
+            mean = torch.cat(rows).mean(dim=0)  # [len(ks)]
+            out.update({f"{name}@{k}": float(v) for k, v in zip(self.ks, mean)})
+        return out
+
+
+def evaluate(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: InteractionMatrix,
+             exclude: Sequence[InteractionMatrix], ks: Sequence[int] = (10, 20, 50),
+             chunk_size: int = 1024) -> dict[str, float]:
+    """Full-ranking metrics for every user that has at least one item in ``truth``."""
+    acc = MetricAccumulator(ks)
+    users = truth.users_with_items()
+    for start in range(0, len(users), chunk_size):
+        chunk = users[start:start + chunk_size]
+        hits, num_pos = hit_matrix(score_fn(chunk), chunk, exclude, truth, max(ks))
+        acc.update(hits, num_pos)
+    return acc.compute()

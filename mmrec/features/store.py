@@ -1,0 +1,276 @@
+"""LMDB feature store: one store per modality and encoder.
+
+Layout of ``<name>.lmdb`` (an LMDB directory):
+
+* ``items`` sub-database: key = item index as 8-byte big-endian unsigned integer (so a cursor
+  walks items in index order), value = the raw vector bytes (``dim`` values of
+  ``dtype``) or the empty value ``b""`` for an item recorded as *missing* (for example
+  an image that could not be decoded).
+* ``meta`` sub-database: ``b"meta"`` -> JSON with ``dim``, ``dtype``, ``encoder``,
+  ``num_items`` (and free-form ``extra``).
+
+Writes happen in batched transactions (:meth:`FeatureStoreWriter.put_many`); each batch
+commits atomically, so an interrupted extraction leaves a consistent store, and
+:meth:`FeatureStoreWriter.done_ids` tells a restarted job which items to skip.
+
+Reads open the environment lazily, read-only and with ``lock=False``; the handle is
+tied to the process that opened it, so a store handed to DataLoader workers (fork or
+spawn) reopens in each worker instead of sharing a handle across ``fork``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import lmdb
+import numpy as np
+import torch
+
+_ITEMS_DB = b"items"
+_META_DB = b"meta"
+_META_KEY = b"meta"
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class FeatureStoreError(RuntimeError):
+    """A feature store is missing, corrupt or does not match what the caller expects."""
+
+
+def _key(item: int) -> bytes:
+    return int(item).to_bytes(8, "big")
+
+
+def _keys(ids: np.ndarray) -> list[bytes]:
+    # [n] int -> [n, 8] big-endian bytes, one row per key, without a Python int loop.
+    raw = np.ascontiguousarray(ids.astype(">u8")).view(np.uint8).reshape(-1, 8)
+    return [row.tobytes() for row in raw]
+
+
+def _map_size(num_items: int, dim: int, itemsize: int) -> int:
+    # Generous upper bound: LMDB maps lazily, unused map size costs no disk.
+    need = num_items * (dim * itemsize + 64) * 2 + (64 << 20)
+    return max(need, 256 << 20)
+
+
+class FeatureStoreWriter:
+    """Batched, resumable writer. Use :meth:`FeatureStore.create` or :meth:`FeatureStore.open_writer`."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = Path(path)
+        self.meta = meta
+        self.dim = int(meta["dim"])
+        self.np_dtype = _DTYPES[meta["dtype"]]
+        self.num_items = int(meta["num_items"])
+        self._env = lmdb.open(
+            str(self.path),
+            map_size=_map_size(self.num_items, self.dim, np.dtype(self.np_dtype).itemsize),
+            max_dbs=2,
+            subdir=True,
+            sync=True,
+        )
+        self._meta_db = self._env.open_db(_META_DB)
+        self._items_db = self._env.open_db(_ITEMS_DB)
+        with self._env.begin(write=True) as txn:
+            stored = txn.get(_META_KEY, db=self._meta_db)
+            if stored is None:
+                txn.put(_META_KEY, json.dumps(meta).encode(), db=self._meta_db)
+            else:
+                old = json.loads(stored)
+                for field in ("dim", "dtype", "encoder", "num_items"):
+                    if old[field] != meta[field]:
+                        raise FeatureStoreError(
+                            f"{self.path}: existing store has {field}={old[field]!r} but this job "
+                            f"writes {field}={meta[field]!r}; delete the store to re-extract, or "
+                            f"point the job at another path."
+                        )
+
+    def done_ids(self) -> np.ndarray:
+        """Item indices already written (vectors and recorded-missing alike), sorted."""
+        with self._env.begin() as txn:
+            keys = list(txn.cursor(db=self._items_db).iternext(keys=True, values=False))
+        if not keys:
+            return np.zeros(0, dtype=np.int64)
+        return np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
+
+    def put_many(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray | torch.Tensor) -> None:
+        """Write ``vectors[j]`` for item ``ids[j]`` in one transaction."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().cpu().numpy()
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
+            raise FeatureStoreError(
+                f"{self.path}: expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}"
+            )
+        if not np.isfinite(vectors).all():
+            bad = ids[~np.isfinite(vectors).all(axis=1)][:5].tolist()
+            raise FeatureStoreError(f"{self.path}: non-finite feature values for items {bad}")
+        self._check_ids(ids)
+        data = np.ascontiguousarray(vectors.astype(self.np_dtype, copy=False))
+        rowbytes = self.dim * data.itemsize
+        buf = data.tobytes()
+        items = [(k, buf[j * rowbytes:(j + 1) * rowbytes]) for j, k in enumerate(_keys(ids))]
+        with self._env.begin(write=True) as txn:
+            txn.cursor(db=self._items_db).putmulti(items, overwrite=True)
+
+    def put_missing(self, ids: Iterable[int]) -> None:
+        """Record items whose input could not be encoded (empty value = missing)."""
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if ids.size == 0:
+            return
+        self._check_ids(ids)
+        with self._env.begin(write=True) as txn:
+            txn.cursor(db=self._items_db).putmulti([(k, b"") for k in _keys(ids)], overwrite=True)
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_items):
+            raise FeatureStoreError(
+                f"{self.path}: item ids must lie in [0, {self.num_items}), got "
+                f"min={ids.min()} max={ids.max()}"
+            )
+
+    def close(self) -> None:
+        self._env.sync()
+        self._env.close()
+
+    def __enter__(self) -> "FeatureStoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FeatureStore:
+    """Read access to one ``<name>.lmdb`` feature store.
+
+    ``bulk()`` returns ``(values [num_items, dim] float32, mask [num_items] bool)`` and
+    ``get_many(ids)`` the same for a batch of item ids; ``mask`` is False for items that
+    are missing (never written or recorded missing). Values of missing items are zeros
+    and must be ignored through the mask.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "data.mdb").exists():
+            raise FeatureStoreError(
+                f"{self.path}: no LMDB feature store here (data.mdb missing); run feature "
+                f"extraction (`python -m mmrec.prepare ...`) or fix the path."
+            )
+        self._env: lmdb.Environment | None = None
+        self._pid: int | None = None
+        self._db = None
+        meta = self._read_meta()
+        self.dim: int = int(meta["dim"])
+        self.dtype: str = meta["dtype"]
+        self.encoder: str = meta["encoder"]
+        self.num_items: int = int(meta["num_items"])
+        self.extra: dict = meta.get("extra", {})
+        self._np_dtype = _DTYPES[self.dtype]
+
+    # -- creation -----------------------------------------------------------------
+    @staticmethod
+    def create(
+        path: str | os.PathLike,
+        *,
+        dim: int,
+        num_items: int,
+        encoder: str,
+        dtype: str = "float16",
+        extra: dict | None = None,
+    ) -> FeatureStoreWriter:
+        """Open (or resume) a store for writing; raises if it exists with other settings."""
+        if dtype not in _DTYPES:
+            raise FeatureStoreError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"dim": int(dim), "dtype": dtype, "encoder": encoder, "num_items": int(num_items),
+                "extra": extra or {}}
+        return FeatureStoreWriter(path, meta)
+
+    # -- process-local environment --------------------------------------------------
+    def _open(self) -> lmdb.Environment:
+        pid = os.getpid()
+        if self._env is None or self._pid != pid:
+            # A handle inherited through fork must not be used (LMDB forbids it): open anew.
+            self._env = lmdb.open(str(self.path), readonly=True, lock=False, max_dbs=2,
+                                  readahead=False, subdir=True)
+            self._db = self._env.open_db(_ITEMS_DB, create=False)
+            self._pid = pid
+        return self._env
+
+    def _read_meta(self) -> dict:
+        env = self._open()
+        try:
+            meta_db = env.open_db(_META_DB, create=False)
+            with env.begin() as txn:
+                raw = txn.get(_META_KEY, db=meta_db)
+        except lmdb.Error as err:
+            raise FeatureStoreError(f"{self.path}: store has no metadata ({err}); it is corrupt "
+                                    f"or not an mmrec feature store: re-extract it.") from err
+        if raw is None:
+            raise FeatureStoreError(f"{self.path}: store has no metadata; re-extract it.")
+        return json.loads(raw)
+
+    def close(self) -> None:
+        if self._env is not None and self._pid == os.getpid():
+            self._env.close()
+        self._env = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_env"] = None  # never pickle a handle into a worker
+        state["_db"] = None
+        state["_pid"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    # -- reads ----------------------------------------------------------------------
+    def _decode(self, ids: np.ndarray, values: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+        rowbytes = self.dim * np.dtype(self._np_dtype).itemsize
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        bad = (lengths != 0) & (lengths != rowbytes)
+        if bad.any():
+            raise FeatureStoreError(f"{self.path}: corrupt vector for item {int(ids[bad][0])} "
+                                    f"({int(lengths[bad][0])} bytes, expected {rowbytes}); re-extract.")
+        mask = lengths == rowbytes
+        out = np.zeros((len(values), self.dim), dtype=np.float32)
+        if mask.any():
+            present = np.frombuffer(b"".join(values), dtype=self._np_dtype).reshape(-1, self.dim)
+            out[mask] = present
+        return torch.from_numpy(out), torch.from_numpy(mask)
+
+    def bulk(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All vectors at once: ``(values [num_items, dim] float32, mask [num_items] bool)``."""
+        env = self._open()
+        with env.begin(buffers=False) as txn:
+            pairs = list(txn.cursor(db=self._db).iternext(keys=True, values=True))
+        if not pairs:
+            return torch.zeros(self.num_items, self.dim), torch.zeros(self.num_items, dtype=torch.bool)
+        keys, values = zip(*pairs)
+        ids = np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
+        vals, mask = self._decode(ids, list(values))
+        full = torch.zeros(self.num_items, self.dim)
+        full_mask = torch.zeros(self.num_items, dtype=torch.bool)
+        idx = torch.from_numpy(ids)
+        full[idx] = vals
+        full_mask[idx] = mask
+        return full, full_mask
+
+    def get_many(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors for a batch of item ids: ``(values [n, dim] float32, mask [n] bool)``."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.cpu().numpy()
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_items):
+            raise FeatureStoreError(f"{self.path}: item ids must lie in [0, {self.num_items})")
+        env = self._open()
+        with env.begin(buffers=False) as txn:
+            found = dict(txn.cursor(db=self._db).getmulti(_keys(ids)))
+        values = [found.get(k, b"") for k in _keys(ids)]
+        return self._decode(ids, values)

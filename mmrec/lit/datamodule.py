@@ -1,0 +1,156 @@
+"""The DataModule: prepares a dataset once, then serves batches, graph, masks and features."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmrec.data.interactions import InteractionMatrix
+from mmrec.data.prepared import DatasetError, PreparedDataset, is_prepared, load_prepared
+from mmrec.features.featureset import FeatureSet
+from mmrec.graph.bipartite import BipartiteGraph
+
+log = logging.getLogger(__name__)
+
+
+def _identity(batch):
+    return batch
+
+
+class _PairDataset(Dataset):
+    """Training (user, item) pairs; ``__getitems__`` slices a whole batch with one index op."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor):
+        self.users, self.items = users, items
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int):
+        return self.users[index], self.items[index]
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.users[idx], self.items[idx]
+
+
+class _UserDataset(Dataset):
+    """Evaluation users; a batch is a ``[B]`` tensor of user ids."""
+
+    def __init__(self, users: torch.Tensor):
+        self.users = users
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int):
+        return self.users[index]
+
+    def __getitems__(self, indices: list[int]):
+        return self.users[torch.as_tensor(indices, dtype=torch.long)]
+
+
+class RecDataModule(L.LightningDataModule):
+    """Serves one prepared dataset.
+
+    Args:
+        source: object with ``prepare(root)`` that writes the prepared dataset (demo
+            generator, MMRec importer, ...); used only when ``root`` is not prepared yet.
+        root: folder of the prepared dataset.
+        batch_size: training (user, positive) pairs per step.
+        eval_batch_size: users per full-ranking chunk.
+        features: modalities to load (``None``: all in the manifest; ``[]``: none).
+        num_workers: DataLoader workers for training batches (batches are index slices:
+            0 is fastest).
+        verify: check the prepared files against their manifest checksums.
+    """
+
+    def __init__(self, source, root: str, batch_size: int = 2048, eval_batch_size: int = 1024,
+                 features: Sequence[str] | None = None, num_workers: int = 0, verify: bool = True):
+        super().__init__()
+        self.source = source
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.feature_names = None if features is None else list(features)
+        self.num_workers = num_workers
+        self.verify = verify
+        self.dataset: PreparedDataset | None = None
+
+    # -- preparation ----------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if is_prepared(self.root):
+            return
+        if self.source is None:
+            raise DatasetError(f"{self.root}: not a prepared dataset and no source configured to "
+                               f"prepare it.")
+        start = time.time()
+        log.info("Preparing dataset into %s from %s", self.root, self.source.describe())
+        self.source.prepare(self.root)
+        log.info("Prepared %s in %.1fs", self.root, time.time() - start)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        start = time.time()
+        ds = load_prepared(self.root, verify=self.verify)
+        self.dataset = ds
+        u, i = ds.num_users, ds.num_items
+        self.train_matrix = InteractionMatrix(*ds.split("train"), u, i)
+        self.valid_matrix = InteractionMatrix(*ds.split("valid"), u, i)
+        self.test_matrix = InteractionMatrix(*ds.split("test"), u, i)
+        self.graph = BipartiteGraph(self.train_matrix)
+        names = list(ds.feature_entries) if self.feature_names is None else self.feature_names
+        self.features = FeatureSet({name: ds.feature_store(name).bulk() for name in names})
+        train_users, train_items = ds.split("train")
+        self._train_pairs = _PairDataset(torch.as_tensor(train_users), torch.as_tensor(train_items))
+        cold = self.cold_items()
+        log.info("Loaded %s: %d users, %d items, %d/%d/%d train/valid/test interactions, "
+                 "%d cold items, features %s (%.1fs)", ds.name, u, i, self.train_matrix.nnz,
+                 self.valid_matrix.nnz, self.test_matrix.nnz, int(cold.sum()),
+                 self.features.dims or "none", time.time() - start)
+
+    # -- facts for building models --------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return self._require().num_users
+
+    @property
+    def num_items(self) -> int:
+        return self._require().num_items
+
+    def cold_items(self) -> torch.Tensor:
+        """``[I]`` bool: items without any training interaction."""
+        self._require()
+        return self.train_matrix.item_degree() == 0
+
+    def _require(self) -> PreparedDataset:
+        if self.dataset is None:
+            raise RuntimeError("call prepare_data() and setup() first")
+        return self.dataset
+
+    # -- loaders --------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        self._require()
+        return DataLoader(self._train_pairs, batch_size=self.batch_size, shuffle=True,
+                          collate_fn=_identity, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def _users_loader(self, matrix: InteractionMatrix) -> DataLoader:
+        return DataLoader(_UserDataset(matrix.users_with_items()), batch_size=self.eval_batch_size,
+                          shuffle=False, collate_fn=_identity)
+
+    def val_dataloader(self) -> DataLoader:
+        self._require()
+        return self._users_loader(self.valid_matrix)
+
+    def test_dataloader(self) -> DataLoader:
+        self._require()
+        return self._users_loader(self.test_matrix)

@@ -1,0 +1,156 @@
+"""The one LightningModule: loss, negative sampling, optimisation, logging and evaluation
+for every encoder in ``mmrec.models``. It contains no model-specific branches."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+
+from mmrec.data.interactions import InteractionMatrix
+from mmrec.evaluation.ranking import MetricAccumulator, hit_matrix
+from mmrec.features.featureset import FeatureSet
+from mmrec.graph.bipartite import BipartiteGraph
+from mmrec.losses import bpr_loss, l2_batch
+from mmrec.models.base import GraphRecommender
+from mmrec.sampling import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+
+class RecModule(L.LightningModule):
+    """Trains an encoder with BPR + L2 and evaluates it by full ranking.
+
+    Args:
+        encoder: the graph recommender (``forward(graph, features) -> (user_emb, item_emb)``).
+        sampler: negative sampler (uniform, DNS, ...).
+        graph: normalised training graph (constant).
+        train_matrix / valid_matrix / test_matrix: interaction sets of each split.
+        features: item features with masks (empty for ID-only models).
+        optimizer: ``partial`` that takes the parameters (Hydra ``_partial_: true``).
+        scheduler: optional ``partial`` that takes the optimizer.
+        l2_weight: :math:`\\lambda` of the L2 term on the batch's layer-0 embeddings.
+        eval_ks: cut-offs of the ranking metrics.
+        monitor: the validation metric used for model selection (``val/recall@20``).
+    """
+
+    def __init__(
+        self,
+        encoder: GraphRecommender,
+        sampler: NegativeSampler,
+        graph: BipartiteGraph,
+        train_matrix: InteractionMatrix,
+        valid_matrix: InteractionMatrix,
+        test_matrix: InteractionMatrix,
+        features: FeatureSet | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.Adam, lr=1e-3),
+        scheduler: Callable[..., object] | None = None,
+        l2_weight: float = 1e-4,
+        eval_ks: Sequence[int] = (10, 20, 50),
+        monitor: str = "val/recall@20",
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder", "sampler", "graph", "train_matrix",
+                                          "valid_matrix", "test_matrix", "features",
+                                          "optimizer", "scheduler"])
+        self.encoder = encoder
+        self.sampler = sampler
+        self.graph = graph
+        self.train_matrix = train_matrix
+        self.valid_matrix = valid_matrix
+        self.test_matrix = test_matrix
+        self.features = features if features is not None else FeatureSet()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.l2_weight = l2_weight
+        self.eval_ks = list(eval_ks)
+        self.monitor = monitor
+        self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._accumulator: MetricAccumulator | None = None
+        self.test_runs = 0  # the test split is meant to be evaluated once per run
+
+    # -- representations ------------------------------------------------------------
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(self.graph, self.features)
+
+    # -- training -------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        users, pos = batch  # [B], [B]
+        user_emb, item_emb = self.encoder(self.graph, self.features)  # [U, d], [I, d]
+        u = user_emb[users]  # [B, d]
+
+        def score_fn(us: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            return self.encoder.score_pairs(user_emb[us].detach().unsqueeze(1), item_emb[items].detach())
+
+        neg = self.sampler.sample(users, pos, self.train_matrix,
+                                  score_fn if self.sampler.needs_scores else None)  # [B, K]
+        pos_scores = self.encoder.score_pairs(u, item_emb[pos])  # [B]
+        neg_scores = self.encoder.score_pairs(u.unsqueeze(1), item_emb[neg])  # [B, K]
+        loss_bpr = bpr_loss(pos_scores, neg_scores)
+        user_ego, item_ego = self.encoder.ego_embeddings()
+        loss_reg = l2_batch(user_ego[users], item_ego[pos], item_ego[neg])
+        loss = loss_bpr + self.l2_weight * loss_reg
+        aux = self.encoder.auxiliary_loss(self.graph, self.features)
+        if aux is not None:
+            loss = loss + aux
+            self.log("train/aux", aux, on_step=False, on_epoch=True, batch_size=len(users))
+        self.log("train/bpr", loss_bpr, on_step=False, on_epoch=True, batch_size=len(users))
+        self.log("train/reg", loss_reg, on_step=False, on_epoch=True, batch_size=len(users))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(users))
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
+                                 "monitor": self.monitor, "interval": "epoch"}}
+
+    # -- evaluation -----------------------------------------------------------------
+    def _start_eval(self) -> None:
+        # Representations are computed once per evaluation pass, explicitly, and dropped
+        # at its end: no cache survives into training or is filled by forward().
+        with torch.no_grad():
+            self._eval_embeddings = self.encoder(self.graph, self.features)
+        self._accumulator = MetricAccumulator(self.eval_ks)
+
+    def _eval_step(self, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
+                   truth: InteractionMatrix) -> None:
+        assert self._eval_embeddings is not None and self._accumulator is not None
+        user_emb, item_emb = self._eval_embeddings
+        scores = self.encoder.score_all(user_emb[users], item_emb)  # [B, I]
+        hits, num_pos = hit_matrix(scores, users, exclude, truth, max(self.eval_ks))
+        self._accumulator.update(hits, num_pos)
+
+    def _end_eval(self, prefix: str) -> dict[str, float]:
+        assert self._accumulator is not None
+        metrics = {f"{prefix}/{k}": v for k, v in self._accumulator.compute().items()}
+        self._eval_embeddings = None
+        self._accumulator = None
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key == self.monitor)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(users, [self.train_matrix], self.valid_matrix)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_runs += 1
+        self._start_eval()
+
+    def test_step(self, users: torch.Tensor, batch_idx: int) -> None:
+        # Test ranking removes training and validation items: both are known history.
+        self._eval_step(users, [self.train_matrix, self.valid_matrix], self.test_matrix)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")

@@ -1,0 +1,46 @@
+"""The encoder contract shared by every recommender in ``mmrec.models``.
+
+An encoder maps the training graph (and item content, for multimodal models) to user and
+item representations; the one :class:`mmrec.lit.module.RecModule` owns loss, sampling,
+logging and evaluation for all of them. Encoders do no file I/O and read no config.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mmrec.graph.bipartite import BipartiteGraph
+
+
+class GraphRecommender(nn.Module):
+    """Base class: ``forward(graph, features) -> (user_emb [U, d], item_emb [I, d])``.
+
+    Class attributes:
+        uses_content: whether the model reads item features (``features`` argument).
+        supported_fusions: names of the fusion configs (``conf/fusion``) the model accepts.
+    """
+
+    uses_content: ClassVar[bool] = False
+    supported_fusions: ClassVar[tuple[str, ...]] = ("none",)
+
+    def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-0 (free) user and item parameters that the L2 term regularises."""
+        raise NotImplementedError
+
+    def score_pairs(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """Scores of aligned rows: ``[..., d] x [..., d] -> [...]`` (dot product)."""
+        return (user_emb * item_emb).sum(dim=-1)
+
+    def score_all(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for each user row: ``[B, d] x [I, d] -> [B, I]``."""
+        return user_emb @ item_emb.T
+
+    def auxiliary_loss(self, graph: BipartiteGraph, features=None) -> torch.Tensor | None:
+        """Extra loss term a model defines (for example a contrastive term); none by default."""
+        return None

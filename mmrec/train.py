@@ -1,0 +1,160 @@
+"""Train and evaluate a recommender: ``python -m mmrec.train model=lightgcn dataset=demo``.
+
+``train(cfg)`` is a plain function (tests call it with a composed config); ``main()`` is the
+thin Hydra wrapper that returns the validation metric sweepers optimise.
+
+Protocol: early stopping and checkpoint selection watch ``cfg.optimized_metric`` (a
+validation metric); after training the best checkpoint is evaluated once on validation
+(for the record) and once on test. ``metrics.json`` and the resolved ``config.yaml`` land
+in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mmrec.fusion import fusion_name
+from mmrec.lit.datamodule import RecDataModule
+from mmrec.lit.module import RecModule
+from mmrec.utils.logging import finish_wandb, metrics_table
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but does not make sense."""
+
+
+def _instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, logger)."""
+    if not node:
+        return []
+    return [instantiate(conf) for _, conf in node.items() if isinstance(conf, DictConfig) and "_target_" in conf]
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule (prepared and set up), encoder, module, callbacks, loggers and trainer."""
+    if not str(cfg.optimized_metric).startswith("val/"):
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric!r}: model selection must use a "
+                          f"validation metric (val/...), never test.")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule: RecDataModule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup()
+
+    fusion = instantiate(cfg.fusion)
+    encoder_cls = get_class(cfg.model.encoder._target_)
+    if fusion_name(fusion) not in encoder_cls.supported_fusions:
+        raise ConfigError(f"model {encoder_cls.__name__} accepts fusion in "
+                          f"{list(encoder_cls.supported_fusions)}, got fusion={fusion_name(fusion)}; "
+                          f"pick one of those with `fusion=<name>`.")
+    kwargs: dict[str, Any] = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
+    if encoder_cls.uses_content:
+        if len(datamodule.features) == 0:
+            raise ConfigError(f"model {encoder_cls.__name__} needs item features but dataset "
+                              f"{datamodule.root} has none; extract features or pick an ID model.")
+        kwargs.update(feature_dims=datamodule.features.dims, fusion=fusion)
+    encoder = instantiate(cfg.model.encoder, **kwargs)
+
+    module = RecModule(
+        encoder=encoder,
+        sampler=instantiate(cfg.sampler),
+        graph=datamodule.graph,
+        train_matrix=datamodule.train_matrix,
+        valid_matrix=datamodule.valid_matrix,
+        test_matrix=datamodule.test_matrix,
+        features=datamodule.features if encoder_cls.uses_content else None,
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        l2_weight=cfg.model.l2_weight,
+        eval_ks=list(cfg.evaluation.ks),
+        monitor=cfg.optimized_metric,
+    )
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module,
+            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit with validation-based selection, then test the selected checkpoint once.
+
+    Returns ``(metrics, objects)``: ``metrics`` holds ``val/...`` and ``test/...`` figures of
+    the selected checkpoint plus bookkeeping; ``objects`` the built components.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    objects = build(cfg)
+    trainer: L.Trainer = objects["trainer"]
+    module: RecModule = objects["module"]
+    datamodule: RecDataModule = objects["datamodule"]
+
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.time() - start
+
+    ckpt = trainer.checkpoint_callback
+    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if best_path is None:
+        log.warning("No best checkpoint (no ModelCheckpoint callback or fast_dev_run): "
+                    "evaluating the last weights.")
+    metrics: dict[str, Any] = {}
+    (val,) = trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+    metrics.update({k: float(v) for k, v in val.items() if k.startswith("val/")})
+    if cfg.get("test"):
+        (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        metrics.update({k: float(v) for k, v in test.items() if k.startswith("test/")})
+
+    record = {
+        "metrics": metrics,
+        "best_checkpoint": best_path,
+        "best_epoch": _epoch_of(best_path),
+        "epochs_trained": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 3),
+        "seed": cfg.get("seed"),
+        "optimized_metric": cfg.optimized_metric,
+        "dataset": str(datamodule.root),
+        "model": cfg.model.encoder._target_,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    table = metrics_table(metrics, list(cfg.evaluation.ks))
+    log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
+             cfg.optimized_metric, out_dir, table)
+    return metrics, objects
+
+
+def _epoch_of(path: str | None) -> int | None:
+    if not path:
+        return None
+    stem = Path(path).stem
+    return int(stem.split("_")[-1]) if stem.startswith("epoch_") and stem.split("_")[-1].isdigit() else None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+    try:
+        metrics, _ = train(cfg)
+    finally:
+        finish_wandb()
+    value = metrics.get(cfg.optimized_metric)
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    main()

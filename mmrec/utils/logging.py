@@ -1,0 +1,65 @@
+"""Logger helpers: W&B that works offline without an account, and a readable metrics table."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def wandb_has_credentials() -> bool:
+    """True if an API key is in the environment or in ~/.netrc for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC", str(Path.home() / ".netrc")))
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+    return auth.authenticators(host) is not None
+
+
+def wandb_logger(project: str, save_dir: str, mode: str = "auto", **kwargs):
+    """A Lightning ``WandbLogger``; ``mode=auto`` means offline unless credentials exist.
+
+    Offline runs are written under ``<save_dir>/wandb`` and can be uploaded later with
+    ``wandb sync <save_dir>/wandb/offline-run-*``.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if mode == "auto":
+        mode = "online" if wandb_has_credentials() else "offline"
+    if mode == "offline":
+        os.environ.setdefault("WANDB_SILENT", "true")
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    log.info("W&B logging %s to %s", mode, save_dir)
+    return WandbLogger(project=project, save_dir=save_dir, mode=mode, **kwargs)
+
+
+def finish_wandb() -> None:
+    """Close any open W&B run (called in ``finally`` so a crashed job does not poison the next)."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def metrics_table(metrics: dict[str, float], ks) -> str:
+    """``metrics`` (``split/name@k``) as a plain table: rows split/metric, columns k."""
+    rows = {}
+    for key, value in metrics.items():
+        if "@" not in key or "/" not in key:
+            continue
+        head, k = key.rsplit("@", 1)
+        rows.setdefault(head, {})[int(k)] = value
+    header = f"{'metric':<18}" + "".join(f"{'@' + str(k):>9}" for k in ks)
+    lines = [header, "-" * len(header)]
+    for head in sorted(rows):
+        lines.append(f"{head:<18}" + "".join(f"{rows[head].get(k, float('nan')):>9.4f}" for k in ks))
+    return "\n".join(lines)
