@@ -2,8 +2,7 @@
 
 Every sampler returns ``[B, K]`` item ids for a batch of ``B`` (user, positive item) pairs,
 never an item the user has in the training set. All work is done with tensor operations
-on the batch's device; the only Python loop is over rejection rounds, whose number is
-tiny (the chance that a uniform draw is a positive is ``deg(u) / I``).
+on the batch's device, without rejection loops (see :func:`sample_true_negatives`).
 """
 
 from __future__ import annotations
@@ -18,23 +17,21 @@ from mmrec.data.interactions import InteractionMatrix
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sample_true_negatives(users: torch.Tensor, shape_k: int, positives: InteractionMatrix,
-                          max_rounds: int = 100) -> torch.Tensor:
-    """Uniform items ``[B, k]`` that are not training positives of the row's user."""
-    num_items = positives.num_items
-    users_k = users.unsqueeze(1).expand(-1, shape_k)  # [B, k]
-    items = torch.randint(num_items, users_k.shape, device=users.device)
-    bad = positives.contains(users_k, items)
-    for _ in range(max_rounds):
-        if not bad.any():
-            return items
-        items[bad] = torch.randint(num_items, (int(bad.sum()),), device=users.device)
-        bad = positives.contains(users_k, items)
-    full = positives.counts(users) >= num_items
-    if full.any():
-        raise ValueError(f"user {int(users[full][0])} has interacted with every item: no negative "
-                         f"exists; drop such users from the dataset.")
-    raise RuntimeError(f"could not draw negatives in {max_rounds} rounds")
+def sample_true_negatives(users: torch.Tensor, k: int, positives: InteractionMatrix) -> torch.Tensor:
+    """``[B, k]`` items drawn uniformly from each row's user's non-positive items.
+
+    Exact and loop-free: draw a rank ``r`` among the user's ``I - deg(u)`` negatives and map
+    it to the item id with :meth:`InteractionMatrix.nth_negative`.
+    """
+    num_neg = positives.num_items - positives.counts(users)  # [B]
+    if (num_neg <= 0).any():
+        bad = int(users[num_neg <= 0][0])
+        raise ValueError(f"user {bad} has interacted with every item: no negative exists; drop "
+                         f"such users from the dataset.")
+    u = torch.rand(len(users), k, device=users.device, dtype=torch.float64)
+    ranks = (u * num_neg.unsqueeze(1)).long()  # [B, k] in [0, num_neg)
+    ranks = torch.minimum(ranks, (num_neg - 1).unsqueeze(1))
+    return positives.nth_negative(users.unsqueeze(1), ranks)
 
 
 class NegativeSampler:

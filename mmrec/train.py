@@ -24,6 +24,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmrec.fusion import fusion_name
+from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
 from mmrec.utils.logging import finish_wandb, metrics_table
@@ -130,6 +131,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "dataset": str(datamodule.root),
         "model": cfg.model.encoder._target_,
     }
+    stats = [cb for cb in objects["callbacks"] if isinstance(cb, EpochStats)]
+    if stats:
+        record["perf"] = stats[0].summary()
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     table = metrics_table(metrics, list(cfg.evaluation.ks))
     log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",

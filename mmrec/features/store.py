@@ -194,7 +194,11 @@ class FeatureStore:
     def _open(self) -> lmdb.Environment:
         pid = os.getpid()
         if self._env is None or self._pid != pid:
-            # A handle inherited through fork must not be used (LMDB forbids it): open anew.
+            if self._env is not None:
+                # Inherited through fork: LMDB forbids using it, and py-lmdb's per-process
+                # registry would refuse a second open of the path. Closing the child's copy
+                # (read-only, lock-free) unmaps only the child's view; the parent keeps its own.
+                self._env.close()
             self._env = lmdb.open(str(self.path), readonly=True, lock=False, max_dbs=2,
                                   readahead=False, subdir=True)
             self._db = self._env.open_db(_ITEMS_DB, create=False)

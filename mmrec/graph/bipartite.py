@@ -1,21 +1,26 @@
 """The user-item bipartite graph with symmetric normalisation, built once per dataset.
 
-Nodes are users ``0..U-1`` followed by items ``U..U+I-1``. With ``R`` the binary
-training interaction matrix,
+With ``R`` the binary ``U x I`` matrix of *training* interactions, the LightGCN-style
+normalised adjacency over ``U + I`` nodes is
 
 .. math::
-    A = \\begin{pmatrix} 0 & R \\\\ R^\\top & 0 \\end{pmatrix}, \\qquad
-    \\hat A = D^{-1/2} A D^{-1/2},
+    \\hat A = D^{-1/2} \\begin{pmatrix} 0 & R \\\\ R^\\top & 0 \\end{pmatrix} D^{-1/2}
+            = \\begin{pmatrix} 0 & \\tilde R \\\\ \\tilde R^\\top & 0 \\end{pmatrix},
+    \\qquad \\tilde R_{ui} = \\frac{R_{ui}}{\\sqrt{d_u d_i}} .
 
-stored as a ``torch.sparse_csr`` tensor (CSR is ~5x faster than COO for ``spmm`` on CPU
-here). Because ``\\hat A`` is symmetric, the gradient of ``\\hat A X`` with respect to
-``X`` is ``\\hat A G``: :func:`propagate` uses that instead of autograd's transpose of a
-sparse matrix, which would be rebuilt at every backward pass.
+It is stored as its two off-diagonal blocks, ``\\tilde R`` and ``\\tilde R^\\top``, each a
+``torch.sparse_csr`` tensor: one hop is ``(h_u, h_i) -> (\\tilde R h_i, \\tilde R^\\top h_u)``.
+Measured on Amazon Baby (2 CPU cores), the two block products take 3.4 ms against 8.2 ms
+for one product with the full ``(U+I)^2`` CSR matrix and ~45 ms with COO. Because
+``\\hat A`` is symmetric, the backward pass of each block product is the other block
+(:class:`_BlockSpMM`), so no sparse transpose is ever built during training.
 
 Only training interactions enter the graph: validation and test edges never do.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -23,61 +28,83 @@ from torch import nn
 from mmrec.data.interactions import InteractionMatrix
 
 
-class _SymmetricSpMM(torch.autograd.Function):
-    """``adj @ x`` for a symmetric constant sparse ``adj``; backward reuses ``adj``."""
+class _BlockSpMM(torch.autograd.Function):
+    """``a @ x`` for a constant sparse ``a`` whose transpose ``a_t`` is stored beside it."""
 
     @staticmethod
-    def forward(ctx, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.adj = adj  # a constant: nothing to differentiate
-        return torch.sparse.mm(adj, x)
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.a_t = a_t  # a constant: nothing to differentiate
+        return torch.sparse.mm(a, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return None, torch.sparse.mm(ctx.adj, grad.contiguous())
+        return None, None, torch.sparse.mm(ctx.a_t, grad.contiguous())
 
 
-def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return _SymmetricSpMM.apply(adj, x)
+def block_spmm(a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` (sparse x dense) whose gradient w.r.t. ``x`` is ``a_t @ grad``."""
+    return _BlockSpMM.apply(a, a_t, x)
 
 
-def normalized_bipartite_adjacency(train: InteractionMatrix) -> torch.Tensor:
-    """``D^{-1/2} A D^{-1/2}`` as a sparse CSR ``[U+I, U+I]`` float32 tensor."""
-    users, items = train.pairs()
-    n_users, n = train.num_users, train.num_users + train.num_items
-    row = torch.cat([users, items + n_users])  # [2E]
-    col = torch.cat([items + n_users, users])  # [2E]
-    deg = torch.bincount(row, minlength=n).float()
-    inv_sqrt = deg.pow(-0.5)
-    inv_sqrt[deg == 0] = 0.0  # isolated nodes (cold items, users without training data)
-    weight = inv_sqrt[row] * inv_sqrt[col]
-    adj = torch.sparse_coo_tensor(torch.stack([row, col]), weight, (n, n)).coalesce()
-    return adj.to_sparse_csr()
+def _csr(row: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        coo = torch.sparse_coo_tensor(torch.stack([row, col]), value, shape, check_invariants=True)
+        return coo.coalesce().to_sparse_csr()
 
 
 class BipartiteGraph(nn.Module):
-    """Normalised user-item graph (constant buffers only, never saved in checkpoints).
+    """Normalised user-item training graph (constant buffers, never saved in checkpoints).
 
     Attributes:
-        adj: ``[U+I, U+I]`` sparse CSR ``\\hat A``.
-        edge_index: ``[2, E]`` training (user, item) pairs, item ids not offset — for models
+        norm_ui: ``[U, I]`` sparse CSR :math:`\\tilde R`.
+        norm_iu: ``[I, U]`` sparse CSR :math:`\\tilde R^\\top`.
+        edge_index: ``[2, E]`` training (user, item) pairs (item ids not offset), for models
             that re-weight or prune edges themselves.
+        edge_weight: ``[E]`` symmetric-normalisation weight of each edge.
     """
 
-    adj: torch.Tensor
+    norm_ui: torch.Tensor
+    norm_iu: torch.Tensor
     edge_index: torch.Tensor
+    edge_weight: torch.Tensor
 
     def __init__(self, train: InteractionMatrix):
         super().__init__()
         self.num_users = train.num_users
         self.num_items = train.num_items
-        self.register_buffer("adj", normalized_bipartite_adjacency(train), persistent=False)
         users, items = train.pairs()
+        user_deg = torch.bincount(users, minlength=self.num_users).float()
+        item_deg = torch.bincount(items, minlength=self.num_items).float()
+        # Every endpoint of an edge has degree >= 1, so no division by zero here; isolated
+        # nodes (cold items) simply have no edges and propagate nothing.
+        weight = user_deg[users].rsqrt() * item_deg[items].rsqrt()  # [E]
         self.register_buffer("edge_index", torch.stack([users, items]), persistent=False)
+        self.register_buffer("edge_weight", weight, persistent=False)
+        self.register_buffer("norm_ui", _csr(users, items, weight, (self.num_users, self.num_items)),
+                             persistent=False)
+        self.register_buffer("norm_iu", _csr(items, users, weight, (self.num_items, self.num_users)),
+                             persistent=False)
 
     @property
     def num_nodes(self) -> int:
         return self.num_users + self.num_items
 
+    def propagate_pair(self, h_user: torch.Tensor, h_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One hop: ``([U, d], [I, d]) -> (\\tilde R h_item, \\tilde R^\\top h_user)``."""
+        return (block_spmm(self.norm_ui, self.norm_iu, h_item),
+                block_spmm(self.norm_iu, self.norm_ui, h_user))
+
     def propagate(self, x: torch.Tensor) -> torch.Tensor:
-        """One hop ``\\hat A x`` for node features ``x`` of shape ``[U+I, d]``."""
-        return symmetric_spmm(self.adj, x)
+        """One hop ``\\hat A x`` for stacked node features ``x`` of shape ``[U+I, d]``."""
+        h_user, h_item = self.propagate_pair(*x.split([self.num_users, self.num_items]))
+        return torch.cat([h_user, h_item])
+
+    def dense_adjacency(self) -> torch.Tensor:
+        """``[U+I, U+I]`` dense :math:`\\hat A` (for tests and small graphs only)."""
+        n_u = self.num_users
+        out = torch.zeros(self.num_nodes, self.num_nodes, device=self.edge_weight.device)
+        users, items = self.edge_index
+        out[users, items + n_u] = self.edge_weight
+        out[items + n_u, users] = self.edge_weight
+        return out

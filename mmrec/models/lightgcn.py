@@ -43,18 +43,24 @@ class LightGCN(GraphRecommender):
         self.num_users = num_users
         self.num_items = num_items
         self.num_layers = num_layers
-        self.embedding = nn.Embedding(num_users + num_items, embedding_dim)
-        nn.init.xavier_uniform_(self.embedding.weight)  # as in the LightGCN and MMRec code
+        # Two tables rather than one split table: the backward of a split is a full copy.
+        self.user_embedding = nn.Embedding(num_users, embedding_dim)
+        self.item_embedding = nn.Embedding(num_items, embedding_dim)
+        # Xavier-uniform over the joint (U+I) x d table, as in the LightGCN and MMRec code.
+        bound = (6.0 / (num_users + num_items + embedding_dim)) ** 0.5
+        nn.init.uniform_(self.user_embedding.weight, -bound, bound)
+        nn.init.uniform_(self.item_embedding.weight, -bound, bound)
         self.register_buffer("alpha", torch.full((num_layers + 1,), 1.0 / (num_layers + 1)),
                              persistent=False)
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.embedding.weight  # [U+I, d]
-        out = x * self.alpha[0]
-        for k in range(1, self.num_layers + 1):
-            x = graph.propagate(x)
-            out = out + x * self.alpha[k]
-        return out.split([self.num_users, self.num_items])
+        h_user, h_item = self.user_embedding.weight, self.item_embedding.weight  # [U, d], [I, d]
+        sum_user, sum_item = h_user, h_item
+        for _ in range(self.num_layers):
+            h_user, h_item = graph.propagate_pair(h_user, h_item)
+            sum_user, sum_item = sum_user + h_user, sum_item + h_item
+        # alpha_k = 1 / (K + 1) for every layer: one scaling of the sums.
+        return sum_user * self.alpha[0], sum_item * self.alpha[0]
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.embedding.weight.split([self.num_users, self.num_items])
+        return self.user_embedding.weight, self.item_embedding.weight

@@ -1,0 +1,54 @@
+"""Shared fixtures: composed configs pointed at tmp folders, the demo dataset generated once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+
+SHARED = Path(os.environ.get("MMREC_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+
+# Small demo so that a training test takes seconds.
+SMALL_DEMO = ["dataset.source.num_users=200", "dataset.source.num_items=150",
+              "dataset.source.num_styles=6", "dataset.source.interactions_per_user=12",
+              "dataset.batch_size=256"]
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (real data lives in ../shared beside the checkout)")
+    return path
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides or [])
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One data folder per test session: datasets are prepared once and shared."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, data_dir):
+    """``make_cfg([...overrides])`` -> a training config writing into tmp folders, quick settings."""
+
+    def _make(overrides: list[str] | None = None, small: bool = True) -> DictConfig:
+        base = [f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}",
+                f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=2",
+                "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false"]
+        return compose_cfg(base + (SMALL_DEMO if small else []) + (overrides or []))
+
+    return _make

@@ -1,0 +1,71 @@
+"""Full-ranking evaluation: masking, oracle and random models, chunking."""
+
+import pytest
+import torch
+
+from mmrec.data.interactions import InteractionMatrix
+from mmrec.evaluation.ranking import evaluate, hit_matrix
+
+U, I = 60, 100
+
+
+@pytest.fixture
+def splits():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randperm(U * I, generator=g)[:900]  # distinct (user, item) pairs
+    users, items = keys // I, keys % I
+    parts = [slice(0, 600), slice(600, 750), slice(750, 900)]
+    return [InteractionMatrix(users[p], items[p], U, I) for p in parts]
+
+
+def _dense(m: InteractionMatrix) -> torch.Tensor:
+    out = torch.zeros(U, I)
+    u, i = m.pairs()
+    out[u, i] = 1.0
+    return out
+
+
+def test_oracle_scores_one(splits):
+    train, valid, test = splits
+    truth = _dense(test)
+    # The oracle also scores training items highest: masking must remove them.
+    scores = truth + 2.0 * _dense(train)
+    out = evaluate(lambda users: scores[users].clone(), test, [train, valid], ks=[10, 20])
+    assert out["recall@20"] == pytest.approx(1.0)
+    assert out["ndcg@20"] == pytest.approx(1.0)
+    assert out["hit@10"] == pytest.approx(1.0)
+
+
+def test_unmasked_history_would_hurt(splits):
+    train, valid, test = splits
+    scores = _dense(test) + 2.0 * _dense(train)
+    unmasked = evaluate(lambda users: scores[users].clone(), test, [], ks=[5])
+    assert unmasked["recall@5"] < 1.0
+
+
+def test_random_model_near_expected_value(splits):
+    train, valid, test = splits
+    torch.manual_seed(0)
+    out = evaluate(lambda users: torch.rand(len(users), I), test, [train, valid], ks=[20])
+    # Each test item lands in the top 20 of the ~(I - |history|) candidates at random.
+    hist = train.counts() + valid.counts()
+    users = test.users_with_items()
+    expected = (20.0 / (I - hist[users]).float()).mean().item()
+    assert out["recall@20"] == pytest.approx(expected, abs=0.05)
+
+
+def test_masked_items_never_ranked(splits):
+    train, valid, test = splits
+    users = test.users_with_items()
+    scores = torch.randn(len(users), I) + 10 * _dense(train)[users]
+    hits, _ = hit_matrix(scores, users, [train], test, max_k=20)
+    top = torch.topk(scores, 20, dim=1).indices  # scores were masked in place
+    assert not train.contains(users.unsqueeze(1).expand_as(top), top).any()
+
+
+def test_chunk_size_does_not_change_results(splits):
+    train, valid, test = splits
+    scores = torch.randn(U, I)
+    a = evaluate(lambda u: scores[u].clone(), test, [train, valid], chunk_size=7)
+    b = evaluate(lambda u: scores[u].clone(), test, [train, valid], chunk_size=1000)
+    assert a == pytest.approx(b)
