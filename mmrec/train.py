@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "model": cfg.model.encoder._target_,
     }
     stats = [cb for cb in objects["callbacks"] if isinstance(cb, EpochStats)]
-    if stats:
-        record["perf"] = stats[0].summary()
+    record["perf"] = stats[0].summary() if stats else {}
+    # Peak resident memory of this process so far (Linux reports KiB).
+    record["perf"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     table = metrics_table(metrics, list(cfg.evaluation.ks))
     log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",

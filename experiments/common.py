@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: run a training job, describe the machine, write RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "RESULTS.md"
+OUT = ROOT / "logs" / "bench"
+
+
+def machine() -> str:
+    import psutil
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def run_train(name: str, overrides: list[str], timeout: int = 7200) -> dict:
+    """Run ``python -m mmrec.train`` in a fresh process; return its metrics.json record."""
+    out = OUT / name
+    cmd = [sys.executable, "-m", "mmrec.train", f"hydra.run.dir={out}", "+trainer.enable_progress_bar=false",
+           *overrides]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    record = json.loads((out / "metrics.json").read_text())
+    record["wall_s"] = time.time() - start
+    record["command"] = "python -m mmrec.train " + " ".join(overrides)
+    return record
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def write_section(key: str, text: str) -> None:
+    """Replace (or append) the section between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in `experiments/`; each section says how to reproduce it.\n"
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in body:
+        body = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(body)
