@@ -150,15 +150,21 @@ def _epoch_of(path: str | None) -> int | None:
     return int(stem.split("_")[-1]) if stem.startswith("epoch_") and stem.split("_")[-1].isdigit() else None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``cfg.optimized_metric`` for sweepers."""
+def run(cfg: DictConfig) -> float | None:
+    """``train(cfg)`` that always closes W&B (so one crashed sweep job does not poison the
+    next) and returns ``cfg.optimized_metric`` for sweepers."""
     try:
         metrics, _ = train(cfg)
     finally:
         finish_wandb()
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point (thin wrapper around :func:`run`)."""
+    return run(cfg)
 
 
 if __name__ == "__main__":

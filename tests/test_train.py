@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrec.train import ConfigError, train
+from mmrec.train import ConfigError, run, train
 from mmrec.utils.config import CONFIG_DIR
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -87,3 +87,22 @@ def test_wandb_offline_run(make_cfg, monkeypatch):
     records = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
     for key in ("val/recall@20", "test/recall@20", "train/loss", "perf/train_epoch_s"):
         assert key.encode() in records, key
+
+
+def test_crashed_run_still_closes_wandb(make_cfg, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    cfg = make_cfg(["logger=wandb", "trainer.max_epochs=1", "model.optimizer.lr=-1.0"])
+    with pytest.raises(ValueError, match="learning rate"):
+        run(cfg)  # Adam refuses lr < 0 after the W&B run has started
+    assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")), "W&B never started"
+    assert wandb.run is None
+
+
+def test_validation_every_n_epochs(make_cfg):
+    cfg = make_cfg(["trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2", "logger=none"])
+    _, objects = train(cfg)
+    stats = [cb for cb in objects["callbacks"] if type(cb).__name__ == "EpochStats"][0]
+    assert len(stats.val_s) == 2 and len(stats.train_epoch_s) == 4

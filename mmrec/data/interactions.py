@@ -1,0 +1,100 @@
+"""User -> items interaction sets in CSR form, on any device, with vectorised row access.
+
+One structure serves three jobs: masking history items in full ranking, holding the
+ground truth of a split, and telling the negative samplers which (user, item) pairs are
+positives. It is an ``nn.Module`` with non-persistent buffers only so that it follows the
+LightningModule to the GPU; it has no parameters and is never saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class InteractionMatrix(nn.Module):
+    """Binary ``num_users x num_items`` matrix stored as CSR (``indptr``, ``indices``).
+
+    Args:
+        users, items: equal-length integer arrays of the (user, item) pairs.
+        num_users, num_items: matrix shape.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    keys: torch.Tensor
+
+    def __init__(self, users, items, num_users: int, num_items: int):
+        super().__init__()
+        users = torch.as_tensor(np.asarray(users), dtype=torch.long)
+        items = torch.as_tensor(np.asarray(items), dtype=torch.long)
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        keys = torch.unique(users * self.num_items + items)  # sorted, de-duplicated
+        rows = torch.div(keys, self.num_items, rounding_mode="floor")
+        counts = torch.bincount(rows, minlength=self.num_users)
+        indptr = torch.zeros(self.num_users + 1, dtype=torch.long)
+        indptr[1:] = counts.cumsum(0)
+        self.register_buffer("indptr", indptr, persistent=False)
+        self.register_buffer("indices", keys - rows * self.num_items, persistent=False)
+        # Sorted linear keys user * num_items + item, for O(log nnz) membership tests.
+        self.register_buffer("keys", keys, persistent=False)
+        # For exact negative sampling: the j-th positive p_j (0-based, ascending) of a user
+        # has p_j - j negatives below it. Keys user * (num_items + 1) + (p_j - j) are sorted.
+        within = torch.arange(keys.numel()) - indptr[rows]
+        self.register_buffer("gap_keys", rows * (self.num_items + 1) + self.indices - within,
+                             persistent=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.numel())
+
+    def counts(self, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Number of items of each user ([len(users)] or [num_users])."""
+        deg = self.indptr[1:] - self.indptr[:-1]
+        return deg if users is None else deg[users]
+
+    def users_with_items(self) -> torch.Tensor:
+        """Users that have at least one item, ascending."""
+        return torch.nonzero(self.counts() > 0).squeeze(1)
+
+    def gather(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All pairs of the given users, flattened: ``(row, item)`` where ``row`` indexes ``users``."""
+        starts = self.indptr[users]  # [B]
+        lengths = self.indptr[users + 1] - starts  # [B]
+        total = int(lengths.sum())
+        row = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths,
+                                      output_size=total)  # [total]
+        # Position inside each user's segment: global arange minus the segment's offset.
+        seg_offset = torch.cumsum(lengths, 0) - lengths  # [B]
+        within = torch.arange(total, device=users.device) - seg_offset[row]
+        return row, self.indices[starts[row] + within]
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Elementwise membership of (users[j], items[j]) pairs; any broadcastable shapes."""
+        query = users * self.num_items + items
+        if self.keys.numel() == 0:
+            return torch.zeros_like(query, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, query.reshape(-1)).clamp_(max=self.keys.numel() - 1)
+        return (self.keys[pos] == query.reshape(-1)).reshape(query.shape)
+
+    def nth_negative(self, users: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """The ``ranks``-th (0-based, ascending) item that ``users`` have *not* interacted with.
+
+        ``users`` and ``ranks`` broadcast; ranks must be below ``num_items - counts(users)``.
+        The r-th negative is ``r + #{j : p_j - j <= r}``: one ``searchsorted``, no rejection.
+        """
+        users, ranks = torch.broadcast_tensors(users, ranks)
+        query = (users * (self.num_items + 1) + ranks).reshape(-1)
+        below = torch.searchsorted(self.gap_keys, query, right=True) - self.indptr[users.reshape(-1)]
+        return ranks + below.reshape(ranks.shape)
+
+    def item_degree(self) -> torch.Tensor:
+        """Number of users per item ([num_items])."""
+        return torch.bincount(self.indices, minlength=self.num_items)
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``(users, items)`` pairs, user-major."""
+        rows = torch.div(self.keys, self.num_items, rounding_mode="floor")
+        return rows, self.indices

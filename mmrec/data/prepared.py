@@ -1,0 +1,270 @@
+"""The prepared-dataset format: the one contract between every source and training.
+
+A prepared dataset is a folder::
+
+    <root>/
+      manifest.json          written last: its presence marks a complete dataset
+      interactions.parquet   user:int64 item:int64 rating:float32 timestamp:int64 split:int8
+                             (split 0 = train, 1 = valid, 2 = test)
+      items.parquet          item:int64 raw_id:str title:str text:str image:str
+                             (image: path relative to <root>, absolute path or URL; "" = none)
+      users.parquet          user:int64 raw_id:str
+      features/<name>.lmdb   one LMDB feature store per modality/encoder (see mmrec.features.store)
+      images/                optional image cache
+
+``manifest.json`` records the format version, counts, the split rule, one entry per
+feature store (path, dim, dtype, encoder, count, missing) and a SHA-256 per table file,
+which :func:`load_prepared` verifies, so a truncated or edited file is caught before
+training rather than producing quietly wrong numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FORMAT = "mmrec-prepared/1"
+SPLITS = {"train": 0, "valid": 1, "test": 2}
+TABLES = ("interactions.parquet", "items.parquet", "users.parquet")
+
+
+class DatasetError(RuntimeError):
+    """A dataset file is missing, malformed or inconsistent; the message says which and what to do."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    _atomic_write_bytes(Path(root) / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.exists():
+        raise DatasetError(f"{path}: no manifest; {root} is not a prepared dataset (or its "
+                           f"preparation did not finish). Run `python -m mmrec.prepare` or train "
+                           f"with a dataset config that prepares it.")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}); delete the "
+                           f"folder and prepare the dataset again.") from err
+    if manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; "
+                           f"prepare the dataset again with this mmrec version.")
+    return manifest
+
+
+def is_prepared(root: str | os.PathLike) -> bool:
+    return (Path(root) / "manifest.json").exists()
+
+
+def write_prepared(
+    root: str | os.PathLike,
+    *,
+    name: str,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    split_rule: dict,
+    source: dict,
+) -> dict:
+    """Validate and write the tables, then the manifest (last). Returns the manifest.
+
+    Existing features in ``root/features`` are kept; an existing manifest is replaced only
+    once every table has been written completely.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    interactions = _normalise_interactions(interactions)
+    items = _normalise_items(items)
+    users = _normalise_users(users)
+    validate_tables(interactions, items, users, where=str(root))
+    for df, fname in ((interactions, "interactions.parquet"), (items, "items.parquet"),
+                      (users, "users.parquet")):
+        _atomic_write_parquet(df, root / fname)
+    counts = interactions["split"].value_counts().to_dict()
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": source,
+        "num_users": int(len(users)),
+        "num_items": int(len(items)),
+        "num_interactions": {s: int(counts.get(code, 0)) for s, code in SPLITS.items()},
+        "split": split_rule,
+        "features": {},
+        "files": {fname: sha256_file(root / fname) for fname in TABLES},
+    }
+    old = root / "manifest.json"
+    if old.exists():
+        try:
+            manifest["features"] = json.loads(old.read_text()).get("features", {})
+        except json.JSONDecodeError:
+            pass
+    write_manifest(root, manifest)
+    return manifest
+
+
+def register_feature(root: str | os.PathLike, name: str, entry: dict) -> dict:
+    """Add/replace one feature entry (path, dim, dtype, encoder, count, missing) in the manifest."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    manifest["features"][name] = entry
+    write_manifest(root, manifest)
+    return manifest
+
+
+def _normalise_interactions(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    if "rating" not in df:
+        df["rating"] = 1.0
+    if "timestamp" not in df:
+        df["timestamp"] = 0
+    return df[["user", "item", "rating", "timestamp", "split"]].astype(
+        {"user": "int64", "item": "int64", "rating": "float32", "timestamp": "int64", "split": "int8"}
+    ).reset_index(drop=True)
+
+
+def _normalise_items(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for col in ("raw_id", "title", "text", "image"):
+        if col not in df:
+            df[col] = ""
+    df = df[["item", "raw_id", "title", "text", "image"]]
+    df[["raw_id", "title", "text", "image"]] = df[["raw_id", "title", "text", "image"]].fillna("").astype(str)
+    return df.astype({"item": "int64"}).sort_values("item").reset_index(drop=True)
+
+
+def _normalise_users(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    if "raw_id" not in df:
+        df["raw_id"] = df["user"].astype(str)
+    df = df[["user", "raw_id"]]
+    df["raw_id"] = df["raw_id"].astype(str)
+    return df.astype({"user": "int64"}).sort_values("user").reset_index(drop=True)
+
+
+def validate_tables(interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
+                    where: str) -> None:
+    """Ids contiguous 0..n-1, interactions inside the id ranges, split codes known, no duplicates."""
+    for df, col, what in ((items, "item", "items"), (users, "user", "users")):
+        ids = df[col].to_numpy()
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise DatasetError(f"{where}: {what} ids must be contiguous 0..{len(ids) - 1}; "
+                               f"remap raw ids before writing.")
+    n_users, n_items = len(users), len(items)
+    for col, n in (("user", n_users), ("item", n_items)):
+        vals = interactions[col].to_numpy()
+        bad = np.flatnonzero((vals < 0) | (vals >= n))
+        if bad.size:
+            raise DatasetError(f"{where}: interaction row {int(bad[0])} has {col}={int(vals[bad[0]])}, "
+                               f"outside [0, {n}); the id tables and interactions disagree.")
+    split = interactions["split"].to_numpy()
+    bad = np.flatnonzero(~np.isin(split, list(SPLITS.values())))
+    if bad.size:
+        raise DatasetError(f"{where}: interaction row {int(bad[0])} has split={int(split[bad[0]])}; "
+                           f"allowed: 0 (train), 1 (valid), 2 (test).")
+    dup = interactions.duplicated(["user", "item"])
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DatasetError(f"{where}: user {int(interactions['user'].iloc[row])} and item "
+                           f"{int(interactions['item'].iloc[row])} appear twice (row {row}); "
+                           f"collapse duplicate interactions first.")
+    if not (split == 0).any():
+        raise DatasetError(f"{where}: no training interactions (split 0).")
+
+
+@dataclass
+class PreparedDataset:
+    """A loaded prepared dataset: id tables, interactions by split, feature stores by name."""
+
+    root: Path
+    manifest: dict
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    feature_entries: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def num_users(self) -> int:
+        return int(self.manifest["num_users"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.manifest["num_items"])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(users, items)`` int64 arrays of one split ("train", "valid", "test")."""
+        sel = self.interactions["split"].to_numpy() == SPLITS[name]
+        return (self.interactions["user"].to_numpy()[sel], self.interactions["item"].to_numpy()[sel])
+
+    def feature_store(self, name: str):
+        from mmrec.features.store import FeatureStore
+
+        if name not in self.feature_entries:
+            raise DatasetError(f"{self.root}: no feature '{name}' in manifest.json (available: "
+                               f"{sorted(self.feature_entries) or 'none'}); extract it first.")
+        return FeatureStore(self.root / self.feature_entries[name]["path"])
+
+
+def load_prepared(root: str | os.PathLike, verify: bool = True) -> PreparedDataset:
+    """Load a prepared dataset, verifying checksums and table consistency."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    tables = {}
+    for fname in TABLES:
+        path = root / fname
+        if not path.exists():
+            raise DatasetError(f"{path}: missing; the prepared dataset is incomplete. Delete "
+                               f"{root} and prepare it again.")
+        if verify and manifest["files"].get(fname) != sha256_file(path):
+            raise DatasetError(f"{path}: checksum differs from manifest.json (file changed or "
+                               f"truncated). Delete {root} and prepare it again.")
+        try:
+            tables[fname] = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for corrupt files
+            raise DatasetError(f"{path}: cannot be read ({err}). Delete {root} and prepare it "
+                               f"again.") from err
+    ds = PreparedDataset(root=root, manifest=manifest, interactions=tables["interactions.parquet"],
+                         items=tables["items.parquet"], users=tables["users.parquet"],
+                         feature_entries=dict(manifest.get("features", {})))
+    if len(ds.users) != ds.num_users or len(ds.items) != ds.num_items:
+        raise DatasetError(f"{root}/manifest.json: counts ({ds.num_users} users, {ds.num_items} items) "
+                           f"disagree with the tables ({len(ds.users)}, {len(ds.items)}).")
+    validate_tables(ds.interactions, ds.items, ds.users, where=str(root))
+    return ds
+
+
+def remove_prepared(root: str | os.PathLike) -> None:
+    shutil.rmtree(root, ignore_errors=True)
