@@ -67,7 +67,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         if len(datamodule.features) == 0:
             raise ConfigError(f"model {encoder_cls.__name__} needs item features but dataset "
                               f"{datamodule.root} has none; extract features or pick an ID model.")
-        kwargs.update(feature_dims=datamodule.features.dims, fusion=fusion)
+        kwargs.update(features=datamodule.features, fusion=fusion)
     encoder = instantiate(cfg.model.encoder, **kwargs)
 
     module = RecModule(

@@ -62,7 +62,7 @@ def test_every_object_config_has_target():
         if path.parent.name in ("callbacks", "logger"):
             nodes = [v for k, v in node.items() if k != "defaults"]
         elif path.parent.name == "model":
-            nodes = [node.encoder, node.optimizer]
+            nodes = [node.model.encoder, node.model.optimizer]
         else:
             nodes = [node] if "defaults" not in node else []
         for n in nodes:
@@ -78,3 +78,12 @@ def test_every_yaml_key_is_commented():
             if path.parent.name == "hydra":
                 continue
             assert "#" in line, f"{path}:{n}: key without a comment: {stripped}"
+
+
+def test_model_rejects_fusion_it_does_not_support(make_cfg):
+    from mmrec.train import ConfigError, build
+
+    with pytest.raises(ConfigError, match="accepts fusion in \\['late'\\], got fusion=concat"):
+        build(make_cfg(["model=mmgcn", "fusion=concat"]))
+    with pytest.raises(ConfigError, match="LightGCN accepts fusion in \\['none'\\]"):
+        build(make_cfg(["fusion=attention"]))

@@ -13,13 +13,26 @@ MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("model", MODELS)
+def _allowed_combinations():
+    """Every (model, fusion) pair the models declare, from their classes."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    for model in MODELS:
+        target = OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml").model.encoder._target_
+        for fusion in get_class(target).supported_fusions:
+            yield model, fusion
+
+
+@pytest.mark.parametrize("model,fusion", list(_allowed_combinations()))
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_fast_dev_run_every_model_and_sampler(make_cfg, model, sampler):
-    cfg = make_cfg([f"model={model}", f"sampler={sampler}", "+trainer.fast_dev_run=true", "logger=none"])
+def test_fast_dev_run_every_allowed_combination(make_cfg, model, fusion, sampler):
+    cfg = make_cfg([f"model={model}", f"fusion={fusion}", f"sampler={sampler}",
+                    "+trainer.fast_dev_run=true", "logger=none"])
     metrics, objects = train(cfg)
     assert 0.0 <= metrics["val/recall@20"] <= 1.0
     assert 0.0 <= metrics["test/ndcg@20"] <= 1.0
+    assert "test/cold/recall@20" in metrics and "test/warm/recall@20" in metrics
 
 
 def test_run_writes_metrics_config_and_selects_on_validation(make_cfg):

@@ -13,6 +13,29 @@ from mmrec.data.interactions import InteractionMatrix
 from mmrec.evaluation.metrics import compute_all
 
 
+def rank_top(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
+             max_k: int) -> torch.Tensor:
+    """Mask the ``exclude`` items of ``users`` in ``scores`` (in place) and return the
+    ``[B, max_k]`` top item ids."""
+    for matrix in exclude:
+        row, col = matrix.gather(users)
+        scores[row, col] = -torch.inf
+    return torch.topk(scores, k=max_k, dim=1).indices
+
+
+def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, num_items: int,
+            item_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hits [B, max_k] bool, num_pos [B])`` of a ranked list against ``truth``, optionally
+    counting only relevant items inside ``item_mask`` (e.g. cold items)."""
+    row, col = truth.gather(users)
+    if item_mask is not None:
+        keep = item_mask[col]
+        row, col = row[keep], col[keep]
+    relevant = torch.zeros(len(users), num_items, dtype=torch.bool, device=top.device)  # [B, I]
+    relevant[row, col] = True
+    return relevant.gather(1, top), torch.bincount(row, minlength=len(users))
+
+
 def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
                truth: InteractionMatrix, max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``max_k`` hits for a chunk of users.
@@ -28,14 +51,8 @@ def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[Inte
     Returns:
         ``hits [B, max_k] bool`` and ``num_pos [B]``.
     """
-    for matrix in exclude:
-        row, col = matrix.gather(users)
-        scores[row, col] = -torch.inf
-    top = torch.topk(scores, k=max_k, dim=1).indices  # [B, max_k]
-    row, col = truth.gather(users)
-    relevant = torch.zeros_like(scores, dtype=torch.bool)  # [B, num_items]
-    relevant[row, col] = True
-    return relevant.gather(1, top), truth.counts(users)
+    top = rank_top(scores, users, exclude, max_k)
+    return hits_of(top, users, truth, scores.shape[1])
 
 
 class MetricAccumulator:

@@ -53,6 +53,18 @@ def _csr(row: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple
         return coo.coalesce().to_sparse_csr()
 
 
+def normalized_blocks(users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(R~ [U, I] CSR, R~^T [I, U] CSR, weight [E])`` for the given (user, item) edges."""
+    user_deg = torch.bincount(users, minlength=num_users).float()
+    item_deg = torch.bincount(items, minlength=num_items).float()
+    # Every endpoint of an edge has degree >= 1: no division by zero. Isolated nodes
+    # (cold items) simply have no edges and propagate nothing.
+    weight = user_deg[users].rsqrt() * item_deg[items].rsqrt()  # [E]
+    return (_csr(users, items, weight, (num_users, num_items)),
+            _csr(items, users, weight, (num_items, num_users)), weight)
+
+
 class BipartiteGraph(nn.Module):
     """Normalised user-item training graph (constant buffers, never saved in checkpoints).
 
@@ -74,31 +86,42 @@ class BipartiteGraph(nn.Module):
         self.num_users = train.num_users
         self.num_items = train.num_items
         users, items = train.pairs()
-        user_deg = torch.bincount(users, minlength=self.num_users).float()
-        item_deg = torch.bincount(items, minlength=self.num_items).float()
-        # Every endpoint of an edge has degree >= 1, so no division by zero here; isolated
-        # nodes (cold items) simply have no edges and propagate nothing.
-        weight = user_deg[users].rsqrt() * item_deg[items].rsqrt()  # [E]
+        norm_ui, norm_iu, weight = normalized_blocks(users, items, self.num_users, self.num_items)
         self.register_buffer("edge_index", torch.stack([users, items]), persistent=False)
         self.register_buffer("edge_weight", weight, persistent=False)
-        self.register_buffer("norm_ui", _csr(users, items, weight, (self.num_users, self.num_items)),
-                             persistent=False)
-        self.register_buffer("norm_iu", _csr(items, users, weight, (self.num_items, self.num_users)),
-                             persistent=False)
+        self.register_buffer("norm_ui", norm_ui, persistent=False)
+        self.register_buffer("norm_iu", norm_iu, persistent=False)
 
     @property
     def num_nodes(self) -> int:
         return self.num_users + self.num_items
 
-    def propagate_pair(self, h_user: torch.Tensor, h_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One hop: ``([U, d], [I, d]) -> (\\tilde R h_item, \\tilde R^\\top h_user)``."""
-        return (block_spmm(self.norm_ui, self.norm_iu, h_item),
-                block_spmm(self.norm_iu, self.norm_ui, h_user))
+    @property
+    def blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.norm_ui, self.norm_iu
+
+    def propagate_pair(self, h_user: torch.Tensor, h_item: torch.Tensor,
+                       blocks: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One hop: ``([U, d], [I, d]) -> (R~ h_item, R~^T h_user)``; ``blocks`` overrides
+        the full graph (for example with a pruned one)."""
+        ui, iu = blocks if blocks is not None else self.blocks
+        return block_spmm(ui, iu, h_item), block_spmm(iu, ui, h_user)
 
     def propagate(self, x: torch.Tensor) -> torch.Tensor:
         """One hop ``\\hat A x`` for stacked node features ``x`` of shape ``[U+I, d]``."""
         h_user, h_item = self.propagate_pair(*x.split([self.num_users, self.num_items]))
         return torch.cat([h_user, h_item])
+
+    def degree_pruned_blocks(self, keep_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Degree-sensitive edge pruning (FREEDOM): keep ``keep_ratio`` of the edges, drawn
+        without replacement with probability proportional to :math:`1/\\sqrt{d_u d_i}` (edges
+        between high-degree nodes are dropped most), and re-normalise what is kept."""
+        num_keep = max(1, int(round(keep_ratio * self.edge_weight.numel())))
+        keep = torch.multinomial(self.edge_weight, num_keep, replacement=False)
+        users, items = self.edge_index[:, keep]
+        ui, iu, _ = normalized_blocks(users, items, self.num_users, self.num_items)
+        return ui, iu
 
     def dense_adjacency(self) -> torch.Tensor:
         """``[U+I, U+I]`` dense :math:`\\hat A` (for tests and small graphs only)."""

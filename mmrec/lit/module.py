@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from mmrec.data.interactions import InteractionMatrix
-from mmrec.evaluation.ranking import MetricAccumulator, hit_matrix
+from mmrec.evaluation.ranking import MetricAccumulator, hits_of, rank_top
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
@@ -69,7 +69,8 @@ class RecModule(L.LightningModule):
         self.eval_ks = list(eval_ks)
         self.monitor = monitor
         self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._accumulator: MetricAccumulator | None = None
+        self._groups: dict[str, torch.Tensor | None] = {}
+        self._accumulators: dict[str, MetricAccumulator] = {}
         self.test_runs = 0  # the test split is meant to be evaluated once per run
         self._epoch_sums = torch.zeros(4)
         self._epoch_count = 0
@@ -89,13 +90,17 @@ class RecModule(L.LightningModule):
 
         neg = self.sampler.sample(users, pos, self.train_matrix,
                                   score_fn if self.sampler.needs_scores else None)  # [B, K]
-        pos_scores = self.encoder.score_pairs(u, item_emb[pos])  # [B]
-        neg_scores = self.encoder.score_pairs(u.unsqueeze(1), item_emb[neg])  # [B, K]
-        loss_bpr = bpr_loss(pos_scores, neg_scores)
+        # One gather for positives and negatives together: each gather's backward zero-fills
+        # a full [I, d] gradient, which dominates on memory-bound CPUs.
+        items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
+        item_rows = item_emb[items]  # [B, 1 + K, d]
+        scores = self.encoder.score_pairs(u.unsqueeze(1), item_rows)  # [B, 1 + K]
+        loss_bpr = bpr_loss(scores[:, 0], scores[:, 1:])
         user_ego, item_ego = self.encoder.ego_embeddings()
-        loss_reg = l2_batch(user_ego[users], item_ego[pos], item_ego[neg])
+        item_ego_rows = item_ego[items]  # [B, 1 + K, d]
+        loss_reg = l2_batch(user_ego[users], item_ego_rows[:, 0], item_ego_rows[:, 1:])
         loss = loss_bpr + self.l2_weight * loss_reg
-        aux = self.encoder.auxiliary_loss(self.graph, self.features)
+        aux = self.encoder.auxiliary_loss(user_emb, item_emb, users, items, self.features)
         if aux is not None:
             loss = loss + aux
         # Per-step self.log() costs ~1 ms of Lightning bookkeeping each; sum detached terms
@@ -130,21 +135,27 @@ class RecModule(L.LightningModule):
         # at its end: no cache survives into training or is filled by forward().
         with torch.no_grad():
             self._eval_embeddings = self.encoder(self.graph, self.features)
-        self._accumulator = MetricAccumulator(self.eval_ks)
+        # Metrics over all relevant items, and separately over warm / cold items (cold =
+        # no training interaction), so it shows whether content carries cold items.
+        cold = self.train_matrix.item_degree() == 0
+        self._groups = {"": None, "warm/": ~cold, "cold/": cold}
+        self._accumulators = {g: MetricAccumulator(self.eval_ks) for g in self._groups}
 
     def _eval_step(self, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
                    truth: InteractionMatrix) -> None:
-        assert self._eval_embeddings is not None and self._accumulator is not None
+        assert self._eval_embeddings is not None
         user_emb, item_emb = self._eval_embeddings
         scores = self.encoder.score_all(user_emb[users], item_emb)  # [B, I]
-        hits, num_pos = hit_matrix(scores, users, exclude, truth, max(self.eval_ks))
-        self._accumulator.update(hits, num_pos)
+        top = rank_top(scores, users, exclude, max(self.eval_ks))  # [B, max_k]
+        for group, item_mask in self._groups.items():
+            hits, num_pos = hits_of(top, users, truth, scores.shape[1], item_mask)
+            self._accumulators[group].update(hits, num_pos)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
-        assert self._accumulator is not None
-        metrics = {f"{prefix}/{k}": v for k, v in self._accumulator.compute().items()}
+        metrics = {f"{prefix}/{group}{k}": v for group, acc in self._accumulators.items()
+                   for k, v in acc.compute().items()}
         self._eval_embeddings = None
-        self._accumulator = None
+        self._accumulators = {}
         for key, value in metrics.items():
             self.log(key, value, prog_bar=key == self.monitor)
         return metrics

@@ -1,6 +1,9 @@
 """Graph recommenders: each a plain ``nn.Module`` with ``forward(graph, features) -> (user_emb, item_emb)``."""
 
 from mmrec.models.base import GraphRecommender
+from mmrec.models.freedom import FREEDOM
 from mmrec.models.lightgcn import LightGCN
+from mmrec.models.mmgcn import MMGCN
+from mmrec.models.vbpr import VBPR
 
-__all__ = ["GraphRecommender", "LightGCN"]
+__all__ = ["FREEDOM", "GraphRecommender", "LightGCN", "MMGCN", "VBPR"]

@@ -19,7 +19,10 @@ class GraphRecommender(nn.Module):
     """Base class: ``forward(graph, features) -> (user_emb [U, d], item_emb [I, d])``.
 
     Class attributes:
-        uses_content: whether the model reads item features (``features`` argument).
+        uses_content: whether the model reads item features. Content models take
+            ``features`` (a :class:`mmrec.features.featureset.FeatureSet`, for dimensions and
+            for constant structures such as kNN graphs) and ``fusion`` (a factory
+            ``fusion(feature_dims, dim)`` from ``conf/fusion``) in their constructor.
         supported_fusions: names of the fusion configs (``conf/fusion``) the model accepts.
     """
 
@@ -41,6 +44,8 @@ class GraphRecommender(nn.Module):
         """Scores of every item for each user row: ``[B, d] x [I, d] -> [B, I]``."""
         return user_emb @ item_emb.T
 
-    def auxiliary_loss(self, graph: BipartiteGraph, features=None) -> torch.Tensor | None:
-        """Extra loss term a model defines (for example a contrastive term); none by default."""
+    def auxiliary_loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
+                       items: torch.Tensor, features=None) -> torch.Tensor | None:
+        """Extra loss term a model defines, given the step's embeddings, the batch users ``[B]``
+        and items ``[B, 1 + K]`` (positive first, then negatives); none by default."""
         return None
