@@ -91,6 +91,16 @@ class BipartiteGraph(nn.Module):
         self.register_buffer("edge_weight", weight, persistent=False)
         self.register_buffer("norm_ui", norm_ui, persistent=False)
         self.register_buffer("norm_iu", norm_iu, persistent=False)
+        # The fixed pattern for propagation with learned edge values (GRCN): CSR structure of
+        # [U, I] and [I, U] and the permutation from edge order to each CSR order.
+        for name, rows, cols, n_rows, n_cols in (("ui", users, items, self.num_users, self.num_items),
+                                                  ("iu", items, users, self.num_items, self.num_users)):
+            order = torch.argsort(rows * n_cols + cols)
+            crow = torch.zeros(n_rows + 1, dtype=torch.long)
+            crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
+            self.register_buffer(f"{name}_crow", crow, persistent=False)
+            self.register_buffer(f"{name}_col", cols[order], persistent=False)
+            self.register_buffer(f"{name}_perm", order, persistent=False)
 
     @property
     def num_nodes(self) -> int:
@@ -113,6 +123,22 @@ class BipartiteGraph(nn.Module):
         h_user, h_item = self.propagate_pair(*x.split([self.num_users, self.num_items]))
         return torch.cat([h_user, h_item])
 
+    def normalized_edge_values(self, weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        """``w_e / sqrt(d_u d_i)`` for edge weights ``[E]``, with weighted degrees
+        ``d_v = sum of the weights of v's edges``."""
+        users, items = self.edge_index
+        du = torch.zeros(self.num_users, device=weights.device, dtype=weights.dtype).index_add_(0, users, weights)
+        di = torch.zeros(self.num_items, device=weights.device, dtype=weights.dtype).index_add_(0, items, weights)
+        return weights * (du[users] + eps).rsqrt() * (di[items] + eps).rsqrt()
+
+    def propagate_weighted(self, values: torch.Tensor, h_user: torch.Tensor, h_item: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One hop over the training edges with per-edge ``values [E]`` (differentiable in
+        ``values`` too): ``(W h_item, W^T h_user)``."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return _WeightedBipartiteSpMM.apply(values, h_user, h_item, self)
+
     def degree_pruned_blocks(self, keep_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Degree-sensitive edge pruning (FREEDOM): keep ``keep_ratio`` of the edges, drawn
         without replacement with probability proportional to :math:`1/\\sqrt{d_u d_i}` (edges
@@ -131,3 +157,33 @@ class BipartiteGraph(nn.Module):
         out[users, items + n_u] = self.edge_weight
         out[items + n_u, users] = self.edge_weight
         return out
+
+
+class _WeightedBipartiteSpMM(torch.autograd.Function):
+    """``(W h_item, W^T h_user)`` for a ``[U, I]`` matrix ``W`` with *learned* edge values.
+
+    The sparsity pattern is fixed (the training edges): CSR structures and the permutation
+    from edge order to CSR order are precomputed by :class:`BipartiteGraph`, so each call only
+    permutes the values (no sort).
+    Backward returns gradients for both node features and the edge values:
+    ``dL/dw_e = <g_u[u_e], h_item[i_e]> + <g_i[i_e], h_user[u_e]>``.
+    """
+
+    @staticmethod
+    def forward(ctx, values, h_user, h_item, graph):  # type: ignore[override]
+        ui = torch.sparse_csr_tensor(graph.ui_crow, graph.ui_col, values[graph.ui_perm],
+                                     (graph.num_users, graph.num_items))
+        iu = torch.sparse_csr_tensor(graph.iu_crow, graph.iu_col, values[graph.iu_perm],
+                                     (graph.num_items, graph.num_users))
+        ctx.save_for_backward(h_user, h_item)
+        ctx.mats, ctx.edge_index = (ui, iu), graph.edge_index
+        return torch.sparse.mm(ui, h_item), torch.sparse.mm(iu, h_user)
+
+    @staticmethod
+    def backward(ctx, g_user, g_item):  # type: ignore[override]
+        h_user, h_item = ctx.saved_tensors
+        ui, iu = ctx.mats
+        users, items = ctx.edge_index
+        g_user, g_item = g_user.contiguous(), g_item.contiguous()
+        grad_values = (g_user[users] * h_item[items]).sum(1) + (g_item[items] * h_user[users]).sum(1)
+        return grad_values, torch.sparse.mm(ui, g_item), torch.sparse.mm(iu, g_user), None

@@ -2,8 +2,9 @@
 
 from mmrec.models.base import GraphRecommender
 from mmrec.models.freedom import FREEDOM
+from mmrec.models.grcn import GRCN
 from mmrec.models.lightgcn import LightGCN
 from mmrec.models.mmgcn import MMGCN
 from mmrec.models.vbpr import VBPR
 
-__all__ = ["FREEDOM", "GraphRecommender", "LightGCN", "MMGCN", "VBPR"]
+__all__ = ["FREEDOM", "GRCN", "GraphRecommender", "LightGCN", "MMGCN", "VBPR"]

@@ -1,0 +1,211 @@
+"""Encoders on tiny random graphs: shapes, gradients, content use, model-specific invariants."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from mmrec.data.interactions import InteractionMatrix
+from mmrec.features.featureset import FeatureSet
+from mmrec.fusion import AttentionFusion, ConcatFusion, GatedFusion, GraphSumFusion, LateFusion
+from mmrec.graph.bipartite import BipartiteGraph
+from mmrec.graph.knn import cosine_knn, fused_knn_graph
+from mmrec.models import FREEDOM, GRCN, MMGCN, VBPR, LightGCN
+
+U, I, D = 12, 15, 8
+
+
+@pytest.fixture
+def graph():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randperm(U * I, generator=g)[:50]
+    return BipartiteGraph(InteractionMatrix(keys // I, keys % I, U, I))
+
+
+@pytest.fixture
+def features():
+    g = torch.Generator().manual_seed(1)
+    mask_img = torch.ones(I, dtype=torch.bool)
+    mask_img[[2, 5]] = False  # two items without an image
+    return FeatureSet({"image": (torch.randn(I, 6, generator=g) * mask_img[:, None], mask_img),
+                       "text": (torch.randn(I, 5, generator=g), torch.ones(I, dtype=torch.bool))})
+
+
+def _models(features):
+    yield LightGCN(U, I, embedding_dim=D, num_layers=2)
+    for fusion in (ConcatFusion, AttentionFusion, GatedFusion, LateFusion):
+        yield VBPR(U, I, features, partial(fusion), embedding_dim=D)
+    yield MMGCN(U, I, features, partial(LateFusion), embedding_dim=D, num_layers=2)
+    yield MMGCN(U, I, features, partial(LateFusion), embedding_dim=D, num_layers=1, concat=True)
+    yield FREEDOM(U, I, features, partial(GraphSumFusion, weights={"image": 0.1, "text": 0.9}),
+                  embedding_dim=D, knn_k=3, edge_dropout=0.5)
+    yield GRCN(U, I, features, partial(LateFusion), embedding_dim=D, num_layers=2)
+
+
+def test_shapes_and_gradients(graph, features):
+    for model in _models(features):
+        model.train()
+        user_emb, item_emb = model(graph, features)
+        assert user_emb.shape[0] == U and item_emb.shape[0] == I
+        assert user_emb.shape[1] == item_emb.shape[1]
+        scores = model.score_all(user_emb, item_emb)
+        assert scores.shape == (U, I) and torch.isfinite(scores).all()
+        users, items = torch.arange(4), torch.randint(0, I, (4, 3))
+        loss = scores.sum()
+        aux = model.auxiliary_loss(user_emb, item_emb, users, items, features)
+        if aux is not None:
+            loss = loss + aux
+        loss.backward()
+        trained = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert trained, type(model).__name__
+        for name, emb in (("user", model.ego_embeddings()[0]), ("item", model.ego_embeddings()[1])):
+            assert emb.requires_grad, (type(model).__name__, name)
+        assert model.state_dict(), "learned weights must be parameters"
+
+
+def test_content_models_score_cold_items_from_content(graph, features):
+    # Item 14 has no interaction at all; changing its features must change its embedding.
+    cold = graph.edge_index[1] != 14
+    cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][cold], graph.edge_index[1][cold], U, I))
+    for model in list(_models(features))[1:]:
+        if isinstance(model, FREEDOM):
+            continue  # content enters FREEDOM through its frozen kNN graph: tested below
+        model.eval()
+        _, before = model(cold_graph, features)
+        img, mask = features["image"]
+        img2 = img.clone()
+        img2[14] += 5.0
+        _, after = model(cold_graph, FeatureSet({"image": (img2, mask), "text": features["text"]}))
+        assert not torch.allclose(before[14], after[14]), type(model).__name__
+
+
+def test_lightgcn_zero_layers_is_matrix_factorisation(graph):
+    model = LightGCN(U, I, embedding_dim=D, num_layers=0)
+    user_emb, item_emb = model(graph)
+    assert torch.equal(user_emb, model.user_embedding.weight)
+
+
+def test_lightgcn_matches_dense_propagation(graph):
+    model = LightGCN(U, I, embedding_dim=D, num_layers=2)
+    a = graph.dense_adjacency()
+    e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
+    ref = (e0 + a @ e0 + a @ (a @ e0)) / 3
+    user_emb, item_emb = model(graph)
+    assert torch.allclose(torch.cat([user_emb, item_emb]).detach(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion_cls", [AttentionFusion, GatedFusion, ConcatFusion])
+def test_missing_modality_uses_learned_vector_not_zeros(features, fusion_cls):
+    fusion = fusion_cls(features.dims, dim=D)
+    h, mask = fusion.projector(features)
+    assert torch.equal(h[0, 2], fusion.projector.missing["image"].detach()) or h[0, 2].requires_grad
+    assert torch.allclose(h[0, 2], fusion.projector.missing["image"])
+    # Changing a missing item's (ignored) raw values changes nothing.
+    img, m = features["image"]
+    img2 = img.clone()
+    img2[2] = 100.0
+    out1 = fusion(features)
+    out2 = fusion(FeatureSet({"image": (img2, m), "text": features["text"]}))
+    assert torch.allclose(out1[2], out2[2])
+
+
+def test_attention_gives_zero_weight_to_missing_modality(features):
+    fusion = AttentionFusion(features.dims, dim=D)
+    h, mask = fusion.projector(features)
+    w = fusion.weights(h, mask)  # [M, I]
+    assert torch.allclose(w.sum(0), torch.ones(I))
+    assert (w[0, [2, 5]] == 0).all() and (w[1, [2, 5]] == 1).all()
+
+
+def test_late_fusion_is_weighted_sum_of_modality_scores():
+    fusion = LateFusion({"a": 3, "b": 4}, dim=D, learn_weights=False, weights={"a": 0.25, "b": 0.75})
+    u = [torch.randn(5, D), torch.randn(5, D)]
+    i = [torch.randn(7, D), torch.randn(7, D)]
+    users, items = fusion.combine(u, i)
+    expected = 0.25 * u[0] @ i[0].T + 0.75 * u[1] @ i[1].T
+    assert torch.allclose(users @ items.T, expected, atol=1e-5)
+
+
+def test_knn_matches_brute_force(features):
+    values, mask = features["image"]
+    nbr = cosine_knn(values, mask, k=3, chunk=4)
+    x = torch.nn.functional.normalize(values, dim=1)
+    present = torch.nonzero(mask).squeeze(1).tolist()
+    for i in range(I):
+        if not mask[i]:
+            assert (nbr[i] == -1).all()
+            continue
+        sims = sorted(((float(x[i] @ x[j]), j) for j in present if j != i), reverse=True)[:3]
+        assert set(nbr[i].tolist()) == {j for _, j in sims}
+
+
+def test_fused_knn_graph_is_weighted_sum(features):
+    s, s_t = fused_knn_graph(features, {"image": 0.1, "text": 0.9}, k=3)
+    dense = s.to_dense()
+    assert torch.allclose(dense.T, s_t.to_dense())
+    assert (dense[[2, 5]].sum(1) > 0).all()  # items without image still have text neighbours
+    img_only, _ = fused_knn_graph(features, {"image": 1.0}, k=3)
+    assert img_only.to_dense()[[2, 5]].abs().sum() == 0  # no image edges for missing images
+
+
+def test_degree_pruning_keeps_share_of_existing_edges(graph):
+    torch.manual_seed(0)
+    ui, iu = graph.degree_pruned_blocks(0.4)
+    kept = ui.to_dense() > 0
+    assert int(kept.sum()) == round(0.4 * graph.edge_weight.numel())
+    full = torch.zeros(U, I, dtype=torch.bool)
+    full[graph.edge_index[0], graph.edge_index[1]] = True
+    assert not (kept & ~full).any()
+    assert torch.allclose(ui.to_dense().T, iu.to_dense())
+
+
+def test_freedom_prunes_only_in_training(graph, features):
+    model = FREEDOM(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3, edge_dropout=0.5)
+    model.eval()
+    a1, a2 = model(graph, features), model(graph, features)
+    assert torch.equal(a1[0], a2[0])
+    model.train()
+    torch.manual_seed(0)
+    b1 = model(graph, features)
+    torch.manual_seed(1)
+    b2 = model(graph, features)
+    assert not torch.equal(b1[0], b2[0])
+
+
+def test_freedom_cold_item_gets_its_content_neighbours(graph, features):
+    keep = graph.edge_index[1] != 14
+    cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
+    model = FREEDOM(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3,
+                    num_ui_layers=2, edge_dropout=0.5).eval()
+    _, item_emb = model(cold_graph, features)
+    ego = model.item_embedding.weight
+    neighbours = model.ii_adj.to_dense()[14]
+    assert (neighbours > 0).sum() >= 3
+    # No user-item edges: the LightGCN part is the ego embedding / (L + 1).
+    expected = ego[14] / 3 + neighbours @ ego
+    assert torch.allclose(item_emb[14], expected, atol=1e-6)
+
+
+def test_grcn_prunes_and_down_weights_by_affinity(graph, features):
+    # No routing: random prototypes disagree with some items, so both signs of affinity occur.
+    model = GRCN(U, I, features, partial(LateFusion), embedding_dim=D, num_layers=1, routing_iters=0)
+    p, h, w = model.edge_weights(graph, features)
+    users, items = graph.edge_index
+    affinity = (p[:, users] * h[:, items]).sum(2).max(0).values.detach()
+    assert (affinity <= 0).any() and (affinity > 0).any()  # both kinds occur at random init
+    assert (w[affinity <= 0] == 0).all()  # pruned
+    assert torch.allclose(w[affinity > 0], affinity[affinity > 0])  # down-weighted by affinity
+    # A pruned edge carries no message: the refined adjacency has 0 there.
+    values = graph.normalized_edge_values(w.detach())
+    out_u, _ = graph.propagate_weighted(values, torch.zeros(U, I), torch.eye(I))  # [U, I] = refined matrix
+    dense = torch.zeros(U, I)
+    dense[users, items] = values
+    assert torch.allclose(out_u, dense, atol=1e-6)
+    assert (out_u[users[affinity <= 0], items[affinity <= 0]] == 0).all()
+
+
+def test_weighted_propagation_gradcheck(graph):
+    w = torch.rand(graph.edge_weight.numel(), dtype=torch.float64, requires_grad=True)
+    hu = torch.randn(U, 3, dtype=torch.float64, requires_grad=True)
+    hi = torch.randn(I, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: graph.propagate_weighted(a, b, c), (w, hu, hi))
