@@ -21,6 +21,7 @@ Only training interactions enter the graph: validation and test edges never do.
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 from torch import nn
@@ -44,6 +45,19 @@ class _BlockSpMM(torch.autograd.Function):
 def block_spmm(a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``a @ x`` (sparse x dense) whose gradient w.r.t. ``x`` is ``a_t @ grad``."""
     return _BlockSpMM.apply(a, a_t, x)
+
+
+def layer_mean(h_user: torch.Tensor, h_item: torch.Tensor, num_layers: int,
+               hop: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LightGCN aggregation: the mean of layers ``0..num_layers`` of repeated ``hop``s,
+    :math:`\\frac{1}{K+1}\\sum_{k=0}^{K} \\mathrm{hop}^k(h)`, for users and items at once."""
+    sum_u, sum_i = h_user, h_item
+    for _ in range(num_layers):
+        h_user, h_item = hop(h_user, h_item)
+        sum_u, sum_i = sum_u + h_user, sum_i + h_item
+    scale = 1.0 / (num_layers + 1)
+    return sum_u * scale, sum_i * scale
 
 
 def _csr(row: torch.Tensor, col: torch.Tensor, value: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -70,6 +70,7 @@ class RecModule(L.LightningModule):
         self.monitor = monitor
         self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: dict[str, torch.Tensor | None] = {}
+        self._warned_cold = False
         self._accumulators: dict[str, MetricAccumulator] = {}
         self.test_runs = 0  # the test split is meant to be evaluated once per run
         self._epoch_sums = torch.zeros(4)
@@ -139,6 +140,11 @@ class RecModule(L.LightningModule):
         # no training interaction), so it shows whether content carries cold items.
         cold = self.train_matrix.item_degree() == 0
         self._groups = {"": None, "warm/": ~cold, "cold/": cold}
+        if not self.encoder.uses_content and bool(cold.any()) and not self._warned_cold:
+            log.warning("%s uses no content: its scores for the %d cold items (no training "
+                        "interaction) carry no information about them; see the */cold/* metrics.",
+                        type(self.encoder).__name__, int(cold.sum()))
+            self._warned_cold = True
         self._accumulators = {g: MetricAccumulator(self.eval_ks) for g in self._groups}
 
     def _eval_step(self, users: torch.Tensor, exclude: Sequence[InteractionMatrix],

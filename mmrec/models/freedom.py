@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmrec.fusion import GraphSumFusion, ModalityProjector
-from mmrec.graph.bipartite import BipartiteGraph, block_spmm
+from mmrec.graph.bipartite import BipartiteGraph, block_spmm, layer_mean
 from mmrec.graph.knn import fused_knn_graph
 from mmrec.losses import bpr_loss
 from mmrec.models.base import GraphRecommender
@@ -85,13 +85,9 @@ class FREEDOM(GraphRecommender):
         for _ in range(self.num_ii_layers):
             h = block_spmm(self.ii_adj, self.ii_adj_t, h)
         blocks = graph.degree_pruned_blocks(1.0 - self.edge_dropout) if self.training and self.edge_dropout > 0 else None
-        e_u, e_i = self.user_embedding.weight, self.item_embedding.weight
-        sum_u, sum_i = e_u, e_i
-        for _ in range(self.num_ui_layers):
-            e_u, e_i = graph.propagate_pair(e_u, e_i, blocks)
-            sum_u, sum_i = sum_u + e_u, sum_i + e_i
-        scale = 1.0 / (self.num_ui_layers + 1)
-        return sum_u * scale, sum_i * scale + h
+        user, item = layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_ui_layers,
+                                lambda u, i: graph.propagate_pair(u, i, blocks))
+        return user, item + h
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from torch_geometric.utils import softmax as segment_softmax
 
 from mmrec.fusion import LateFusion
-from mmrec.graph.bipartite import BipartiteGraph
+from mmrec.graph.bipartite import BipartiteGraph, layer_mean
 from mmrec.models.base import GraphRecommender
 
 
@@ -98,14 +99,10 @@ class GRCN(GraphRecommender):
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         p, h, weights = self.edge_weights(graph, features)
         values = graph.normalized_edge_values(weights)
-        e_u, e_i = self.user_embedding.weight, self.item_embedding.weight
-        sum_u, sum_i = e_u, e_i
-        for _ in range(self.num_layers):
-            e_u, e_i = graph.propagate_weighted(values, e_u, e_i)
-            sum_u, sum_i = sum_u + e_u, sum_i + e_i
-        scale = 1.0 / (self.num_layers + 1)
+        id_u, id_i = layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_layers,
+                                partial(graph.propagate_weighted, values))
         content_u, content_i = self.fusion.combine(list(p), list(h))
-        return (torch.cat([sum_u * scale, content_u], dim=1), torch.cat([sum_i * scale, content_i], dim=1))
+        return torch.cat([id_u, content_u], dim=1), torch.cat([id_i, content_i], dim=1)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight

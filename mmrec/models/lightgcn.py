@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmrec.graph.bipartite import BipartiteGraph
+from mmrec.graph.bipartite import BipartiteGraph, layer_mean
 from mmrec.models.base import GraphRecommender
 
 
@@ -50,17 +50,11 @@ class LightGCN(GraphRecommender):
         bound = (6.0 / (num_users + num_items + embedding_dim)) ** 0.5
         nn.init.uniform_(self.user_embedding.weight, -bound, bound)
         nn.init.uniform_(self.item_embedding.weight, -bound, bound)
-        self.register_buffer("alpha", torch.full((num_layers + 1,), 1.0 / (num_layers + 1)),
-                             persistent=False)
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
-        h_user, h_item = self.user_embedding.weight, self.item_embedding.weight  # [U, d], [I, d]
-        sum_user, sum_item = h_user, h_item
-        for _ in range(self.num_layers):
-            h_user, h_item = graph.propagate_pair(h_user, h_item)
-            sum_user, sum_item = sum_user + h_user, sum_item + h_item
-        # alpha_k = 1 / (K + 1) for every layer: one scaling of the sums.
-        return sum_user * self.alpha[0], sum_item * self.alpha[0]
+        # alpha_k = 1 / (K + 1) for every layer: the mean of the layers.
+        return layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_layers,
+                          graph.propagate_pair)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight
