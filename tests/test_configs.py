@@ -13,7 +13,8 @@ def _choices(group):
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["dataset", "model", "fusion", "sampler", "trainer", "logger", "callbacks"])
+@pytest.mark.parametrize("group", ["dataset", "model", "fusion", "sampler", "trainer", "logger", "callbacks",
+                                   "experiment"])
 def test_every_choice_composes(group, tmp_path):
     for choice in _choices(group):
         overrides = [f"{group}={choice}", f"paths.output_dir={tmp_path}"]
