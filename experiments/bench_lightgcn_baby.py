@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, machine, mean_std, run_train, write_section  # noqa: E402
+from common import OUT, ROOT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
 
 BASE = ["dataset=baby", "model=lightgcn", "dataset.batch_size=2048", "model.encoder.embedding_dim=64",
         "model.optimizer.lr=1e-3", "sampler=uniform"]
@@ -52,14 +52,15 @@ def phase_speed() -> dict:
         rows[layers] = {"train_epoch_s": statistics.median(perf["train_epoch_s"][1:]),  # first epoch warms up
                         "val_s": statistics.median(perf["val_s"][1:]), "peak_rss_mb": perf["peak_rss_mb"]}
         print(f"speed L={layers}: {rows[layers]}", flush=True)
-    return {"rows": rows, "import_rss_mb": import_rss_mb()}
+    return {"rows": rows, "import_rss_mb": import_rss_mb(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d")}
 
 
 def phase_memory() -> dict:
     rec = run_train("memory_30", BASE + ["model.encoder.num_layers=1", "trainer.max_epochs=30", "test=false",
                                          "logger=none", "callbacks.early_stopping.patience=100"])
     rss = rec["perf"]["rss_mb"]
-    return {"rss_mb": rss, "growth_after_epoch3_mb": max(rss[3:]) - rss[2], "peak_rss_mb": rec["perf"]["peak_rss_mb"]}
+    return {"rss_mb": rss, "growth_after_epoch3_mb": max(rss[3:]) - rss[2], "peak_rss_mb": rec["perf"]["peak_rss_mb"],
+            "commit": git_commit(), "date": time.strftime("%Y-%m-%d")}
 
 
 def _quality_run(layers: int, seed: int, threads: int) -> dict:
@@ -78,7 +79,7 @@ def phase_quality(jobs: int) -> dict:
         extra = list(pool.map(lambda s: _quality_run(best_layers, s, threads), (1, 2)))
     seeds = [depth_runs[best_layers]] + extra
     return {"depth_runs": depth_runs, "best_layers": best_layers, "seed_runs": seeds, "jobs": jobs,
-            "threads_per_job": threads}
+            "threads_per_job": threads, "commit": git_commit(), "date": time.strftime("%Y-%m-%d")}
 
 
 def _time_to_best(rec: dict) -> float | None:
@@ -98,6 +99,7 @@ def report(results: dict) -> str:
     if "speed" in results:
         sp = results["speed"]
         lines += ["### Speed (each row its own process; medians over epochs 2-6)", "",
+                  f"Code: commit {sp.get('commit', 'n/a')}, {sp.get('date', '')}.", "",
                   "| layers | s / training epoch | s / full validation pass | peak RSS (MB) |", "|---|---|---|---|"]
         for layers, row in sp["rows"].items():
             lines.append(f"| {layers} | {row['train_epoch_s']:.2f} | {row['val_s']:.2f} | {row['peak_rss_mb']:.0f} |")
@@ -109,12 +111,14 @@ def report(results: dict) -> str:
         mem = results["memory"]
         rss = mem["rss_mb"]
         lines += ["### Memory over 30 epochs (1 layer, validation every epoch)", "",
+                  f"Code: commit {mem.get('commit', 'n/a')}, {mem.get('date', '')}.", "",
                   f"RSS (MB) after epochs 1, 3, 10, 20, 30: {rss[0]:.0f}, {rss[2]:.0f}, {rss[9]:.0f}, "
                   f"{rss[19]:.0f}, {rss[29]:.0f}; growth after epoch 3: **{mem['growth_after_epoch3_mb']:.1f} MB** "
                   f"(limit 50 MB); peak RSS {mem['peak_rss_mb']:.0f} MB.", ""]
     if "quality" in results:
         q = results["quality"]
         lines += ["### Quality: depth chosen on validation", "",
+                  f"Code: commit {q.get('commit', 'n/a')}, {q.get('date', '')}.", "",
                   f"{q['jobs']} runs in parallel, {q['threads_per_job']} thread(s) each (so wall times are per "
                   f"run under that sharing, not the speed table's).", "",
                   "| layers | best val Recall@20 | best epoch | epochs run | wall s to best epoch |", "|---|---|---|---|---|"]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, machine, mean_std, run_train, write_section  # noqa: E402
+from common import OUT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
 
 MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
           ("grcn", "late"), ("freedom", "graph_sum")]
@@ -46,7 +46,7 @@ def main() -> None:
 
     lines = ["## All models on the demo dataset", "",
              f"- Command: `python experiments/bench_models_demo.py --seeds {' '.join(map(str, args.seeds))}`",
-             f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}",
+             f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
              "- Demo: 1,000 users, 800 items, 12 latent styles, 10% cold items (validation/test only); "
              "64-d deterministic image and text features. Defaults of each model config; "
              f"seeds {args.seeds} (mean ± std). Timing is not reported here (runs shared the CPU with "

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, machine, run_train, write_section  # noqa: E402
+from common import OUT, ROOT, git_commit, machine, run_train, write_section  # noqa: E402
 
 MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("mmgcn", "late"), ("grcn", "late"), ("freedom", "graph_sum")]
 MMREC_S_PER_EPOCH = {"vbpr": 5.3, "mmgcn": 106, "grcn": 69, "freedom": 22.5}
@@ -63,7 +63,7 @@ def main() -> None:
     (OUT / "multimodal_speed_baby.json").write_text(json.dumps(rows, indent=1))
     lines = ["## Multimodal models on Amazon Baby with random features (speed only)", "",
              f"- Command: `python experiments/bench_multimodal_speed_baby.py --epochs {args.epochs}`",
-             f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}",
+             f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
              "- Baby interactions (MMRec split) + random features of the published shapes: 4096-d image, "
              "384-d text, stored float16. Batch 2048, embedding 64, each model's default config. "
              "Medians over epochs 2..N; each model in its own process.", "",

@@ -34,6 +34,18 @@ def machine() -> str:
             f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def git_commit() -> str:
+    """Short commit of the checkout the benchmark runs from (``+dirty`` if it has changes)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def run_train(name: str, overrides: list[str], timeout: int = 7200) -> dict:
     """Run ``python -m mmrec.train`` in a fresh process; return its metrics.json record."""
     out = OUT / name
