@@ -35,9 +35,12 @@ def sample_true_negatives(users: torch.Tensor, k: int, positives: InteractionMat
 
 
 class NegativeSampler:
-    """Base class. ``needs_scores`` tells the module whether to pass a ``score_fn``."""
+    """Base class. ``needs_scores`` tells the module whether to pass a ``score_fn``;
+    ``synthesizes`` marks samplers that build negative *embeddings* (:meth:`synthesize`)
+    instead of returning item ids only."""
 
     needs_scores: bool = False
+    synthesizes: bool = False
 
     def __init__(self, num_negatives: int = 1):
         if num_negatives < 1:
@@ -82,3 +85,87 @@ class DynamicNegativeSampler(NegativeSampler):
             scores = score_fn(users, candidates)  # [B, M]
         hardest = scores.topk(self.num_negatives, dim=1).indices  # [B, K]
         return candidates.gather(1, hardest)
+
+
+def _replace_positives(users: torch.Tensor, items: torch.Tensor, positives: InteractionMatrix) -> torch.Tensor:
+    """Replace entries of ``items [B, K]`` that are training positives of the row's user by
+    uniform true negatives (exact, vectorised)."""
+    bad = positives.contains(users.unsqueeze(1).expand_as(items), items)
+    if bad.any():
+        rows = torch.nonzero(bad, as_tuple=True)
+        items = items.clone()
+        items[rows] = sample_true_negatives(users[rows[0]], 1, positives)[:, 0]
+    return items
+
+
+class PopularitySampler(NegativeSampler):
+    """Negatives drawn with probability proportional to ``(training degree + 1) ** alpha``
+    (popular items are harder negatives; ``alpha = 0`` is uniform). Draws that hit a
+    training positive are replaced by uniform true negatives, so the distribution over a
+    user's negatives is the popularity one up to that (rare) correction.
+
+    Args:
+        num_negatives: K negatives per positive.
+        alpha: popularity exponent.
+    """
+
+    def __init__(self, num_negatives: int = 1, alpha: float = 0.75):
+        super().__init__(num_negatives)
+        self.alpha = alpha
+
+    def sample(self, users, pos_items, positives, score_fn=None):
+        weights = (positives.item_degree().float() + 1.0).pow(self.alpha)  # [I]
+        draws = torch.multinomial(weights, len(users) * self.num_negatives, replacement=True)
+        return _replace_positives(users, draws.view(len(users), self.num_negatives), positives)
+
+
+class InBatchSampler(NegativeSampler):
+    """In-batch negatives: row ``b`` takes the positives of rows ``b+1 .. b+K`` (mod B) of the
+    same batch, which follows item popularity at no sampling cost. Entries that are training
+    positives of the row's user are replaced by uniform true negatives."""
+
+    def sample(self, users, pos_items, positives, score_fn=None):
+        batch = len(users)
+        offsets = torch.arange(1, self.num_negatives + 1, device=users.device)  # [K]
+        idx = (torch.arange(batch, device=users.device).unsqueeze(1) + offsets) % batch  # [B, K]
+        return _replace_positives(users, pos_items[idx], positives)
+
+
+class MixingHardNegativeSampler(NegativeSampler):
+    """Hard-negative synthesis in the spirit of MixGCF (Huang et al., KDD 2021).
+
+    For each positive, ``num_candidates`` true negatives are drawn; *positive mixing* blends
+    positive information into each candidate, ``e'_n = a e_p + (1 - a) e_n`` with
+    ``a ~ U(0, max_mix)`` per candidate, using the embeddings of the same training step;
+    the ``num_negatives`` synthetic candidates that score highest for the user are kept.
+
+    Deviation from MixGCF: mixing and selection act on the final (layer-aggregated)
+    embeddings rather than per propagation layer, so any encoder can use it. The selected
+    candidates' item ids are returned too, so the L2 term regularises their ego embeddings.
+    """
+
+    needs_scores = True
+    synthesizes = True
+
+    def __init__(self, num_negatives: int = 1, num_candidates: int = 16, max_mix: float = 1.0):
+        super().__init__(num_negatives)
+        if num_candidates < num_negatives:
+            raise ValueError(f"num_candidates ({num_candidates}) must be >= num_negatives ({num_negatives})")
+        self.num_candidates = num_candidates
+        self.max_mix = max_mix
+
+    def sample(self, users, pos_items, positives, score_fn=None):
+        return sample_true_negatives(users, self.num_negatives, positives)
+
+    def synthesize(self, users: torch.Tensor, pos_items: torch.Tensor, positives: InteractionMatrix,
+                   user_rows: torch.Tensor, item_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(negative embeddings [B, K, d], candidate ids [B, K])`` from the step's embeddings;
+        gradients flow into the mixed embeddings as in MixGCF."""
+        cand = sample_true_negatives(users, self.num_candidates, positives)  # [B, M]
+        a = torch.rand(cand.shape, device=users.device).unsqueeze(2) * self.max_mix  # [B, M, 1]
+        mixed = a * item_emb[pos_items].unsqueeze(1) + (1 - a) * item_emb[cand]  # [B, M, d]
+        with torch.no_grad():
+            scores = (user_rows.unsqueeze(1) * mixed).sum(-1)  # [B, M]
+            hardest = scores.topk(self.num_negatives, dim=1).indices  # [B, K]
+        picked = hardest.unsqueeze(2).expand(-1, -1, mixed.shape[2])
+        return mixed.gather(1, picked), cand.gather(1, hardest)

@@ -89,12 +89,18 @@ class RecModule(L.LightningModule):
         def score_fn(us: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
             return self.encoder.score_pairs(user_emb[us].detach().unsqueeze(1), item_emb[items].detach())
 
-        neg = self.sampler.sample(users, pos, self.train_matrix,
-                                  score_fn if self.sampler.needs_scores else None)  # [B, K]
-        # One gather for positives and negatives together: each gather's backward zero-fills
-        # a full [I, d] gradient, which dominates on memory-bound CPUs.
-        items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
-        item_rows = item_emb[items]  # [B, 1 + K, d]
+        if self.sampler.synthesizes:
+            # Synthetic hard negatives built from this step's embeddings (MixGCF-style).
+            neg_rows, neg = self.sampler.synthesize(users, pos, self.train_matrix, u, item_emb)  # [B, K, d], [B, K]
+            items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
+            item_rows = torch.cat([item_emb[pos].unsqueeze(1), neg_rows], dim=1)  # [B, 1 + K, d]
+        else:
+            neg = self.sampler.sample(users, pos, self.train_matrix,
+                                      score_fn if self.sampler.needs_scores else None)  # [B, K]
+            # One gather for positives and negatives together: each gather's backward
+            # zero-fills a full [I, d] gradient, which dominates on memory-bound CPUs.
+            items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
+            item_rows = item_emb[items]  # [B, 1 + K, d]
         scores = self.encoder.score_pairs(u.unsqueeze(1), item_rows)  # [B, 1 + K]
         loss_bpr = bpr_loss(scores[:, 0], scores[:, 1:])
         user_ego, item_ego = self.encoder.ego_embeddings()
