@@ -6,6 +6,7 @@ Usage (from the repository root; needs ../shared/data/amazon-baby):
     python experiments/bench_lightgcn_baby.py --phase memory    # RSS every epoch over 30 epochs
     python experiments/bench_lightgcn_baby.py --phase quality   # depth chosen on validation, 3 seeds
     python experiments/bench_lightgcn_baby.py                   # all three
+    python experiments/bench_lightgcn_baby.py --phase report    # rewrite RESULTS.md from the stored JSON
 
 Protocol (quality): embedding 64, batch 2048, Adam lr 1e-3, L2 1e-4, uniform negatives;
 validation Recall@20 every epoch, early stopping after 20 validations without improvement
@@ -144,7 +145,8 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=["speed", "memory", "quality", "all"], default="all")
+    parser.add_argument("--phase", choices=["speed", "memory", "quality", "all", "report"], default="all",
+                        help="report: only rewrite RESULTS.md from logs/bench/lightgcn_baby.json")
     parser.add_argument("--jobs", type=int, default=2, help="parallel quality runs")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
