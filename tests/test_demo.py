@@ -40,3 +40,17 @@ def test_prepared_features_reveal_styles(tmp_path):
         nn_style = style[sim.argmax(1).numpy()]
         agreement = (nn_style == style).mean()
         assert agreement > 0.6, (name, agreement)  # chance is ~1/6
+
+
+def test_prepared_folder_from_other_settings_is_refused(tmp_path):
+    import pytest
+
+    from mmrec.data.prepared import DatasetError
+    from mmrec.lit.datamodule import RecDataModule
+
+    RecDataModule(DemoSource(num_users=60, num_items=40, num_styles=4), str(tmp_path)).prepare_data()
+    again = RecDataModule(DemoSource(num_users=60, num_items=40, num_styles=4), str(tmp_path))
+    again.prepare_data()  # same settings: reused
+    other = RecDataModule(DemoSource(num_users=70, num_items=40, num_styles=4), str(tmp_path))
+    with pytest.raises(DatasetError, match="num_users: prepared 60, configured 70"):
+        other.prepare_data()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmrec.data.interactions import InteractionMatrix
-from mmrec.data.prepared import DatasetError, PreparedDataset, is_prepared, load_prepared
+from mmrec.data.prepared import DatasetError, PreparedDataset, is_prepared, load_prepared, read_manifest
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 
@@ -87,6 +88,7 @@ class RecDataModule(L.LightningDataModule):
     # -- preparation ----------------------------------------------------------------
     def prepare_data(self) -> None:
         if is_prepared(self.root):
+            self._check_source_matches()
             return
         if self.source is None:
             raise DatasetError(f"{self.root}: not a prepared dataset and no source configured to "
@@ -95,6 +97,19 @@ class RecDataModule(L.LightningDataModule):
         log.info("Preparing dataset into %s from %s", self.root, self.source.describe())
         self.source.prepare(self.root)
         log.info("Prepared %s in %.1fs", self.root, time.time() - start)
+
+    def _check_source_matches(self) -> None:
+        """Refuse a prepared folder made from another source configuration (it would be
+        used silently otherwise). Paths may differ: checkouts move."""
+        if self.source is None:
+            return
+        stored = read_manifest(self.root).get("source", {})
+        wanted = json.loads(json.dumps(self.source.describe()))
+        diffs = {k: (stored.get(k), v) for k, v in wanted.items() if k != "path" and stored.get(k) != v}
+        if diffs:
+            detail = ", ".join(f"{k}: prepared {a!r}, configured {b!r}" for k, (a, b) in sorted(diffs.items()))
+            raise DatasetError(f"{self.root}: prepared from a different source configuration ({detail}). "
+                               f"Delete {self.root} to prepare it again, or set dataset.root to another folder.")
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
