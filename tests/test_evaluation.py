@@ -69,3 +69,21 @@ def test_chunk_size_does_not_change_results(splits):
     a = evaluate(lambda u: scores[u].clone(), test, [train, valid], chunk_size=7)
     b = evaluate(lambda u: scores[u].clone(), test, [train, valid], chunk_size=1000)
     assert a == pytest.approx(b)
+
+
+def test_group_hits_count_only_the_groups_items(splits):
+    from mmrec.evaluation.ranking import hits_of, rank_top
+
+    train, valid, test = splits
+    users = test.users_with_items()
+    scores = torch.randn(len(users), I)
+    top = rank_top(scores, users, [train], 20)
+    cold = torch.zeros(I, dtype=torch.bool)
+    cold[::3] = True
+    out = hits_of(top, users, test, I, {"": None, "cold/": cold, "warm/": ~cold})
+    all_hits, all_pos = out[""]
+    assert torch.equal(out["cold/"][0] | out["warm/"][0], all_hits)
+    assert torch.equal(out["cold/"][1] + out["warm/"][1], all_pos)
+    row, col = test.gather(users)
+    assert out["cold/"][1].sum() == cold[col].sum()
+    assert not (out["cold/"][0] & ~cold[top]).any()

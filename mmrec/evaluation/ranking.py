@@ -24,16 +24,25 @@ def rank_top(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[Intera
 
 
 def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, num_items: int,
-            item_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(hits [B, max_k] bool, num_pos [B])`` of a ranked list against ``truth``, optionally
-    counting only relevant items inside ``item_mask`` (e.g. cold items)."""
+            item_groups: dict[str, torch.Tensor | None] | None = None
+            ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{group: (hits [B, max_k] bool, num_pos [B])}`` of a ranked list against ``truth``.
+
+    ``item_groups`` maps a group name to an ``[I]`` bool item mask (``None`` = all items):
+    a group counts only its relevant items, both in the hits and in ``num_pos`` (e.g. cold
+    items). The dense relevance mask is built once for all groups.
+    """
     row, col = truth.gather(users)
-    if item_mask is not None:
-        keep = item_mask[col]
-        row, col = row[keep], col[keep]
     relevant = torch.zeros(len(users), num_items, dtype=torch.bool, device=top.device)  # [B, I]
     relevant[row, col] = True
-    return relevant.gather(1, top), torch.bincount(row, minlength=len(users))
+    hits = relevant.gather(1, top)  # [B, max_k]
+    out = {}
+    for name, mask in (item_groups or {"": None}).items():
+        if mask is None:
+            out[name] = (hits, torch.bincount(row, minlength=len(users)))
+        else:
+            out[name] = (hits & mask[top], torch.bincount(row[mask[col]], minlength=len(users)))
+    return out
 
 
 def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
@@ -52,7 +61,7 @@ def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[Inte
         ``hits [B, max_k] bool`` and ``num_pos [B]``.
     """
     top = rank_top(scores, users, exclude, max_k)
-    return hits_of(top, users, truth, scores.shape[1])
+    return hits_of(top, users, truth, scores.shape[1])[""]
 
 
 class MetricAccumulator:

@@ -159,8 +159,7 @@ class RecModule(L.LightningModule):
         user_emb, item_emb = self._eval_embeddings
         scores = self.encoder.score_all(user_emb[users], item_emb)  # [B, I]
         top = rank_top(scores, users, exclude, max(self.eval_ks))  # [B, max_k]
-        for group, item_mask in self._groups.items():
-            hits, num_pos = hits_of(top, users, truth, scores.shape[1], item_mask)
+        for group, (hits, num_pos) in hits_of(top, users, truth, scores.shape[1], self._groups).items():
             self._accumulators[group].update(hits, num_pos)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
