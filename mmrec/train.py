@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
 import time
 from pathlib import Path
@@ -146,8 +147,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def _epoch_of(path: str | None) -> int | None:
     if not path:
         return None
-    stem = Path(path).stem
-    return int(stem.split("_")[-1]) if stem.startswith("epoch_") and stem.split("_")[-1].isdigit() else None
+    # "epoch_044.ckpt", or "epoch_044-v1.ckpt" when Lightning versions a reused name.
+    match = re.match(r"epoch_(\d+)", Path(path).stem)
+    return int(match.group(1)) if match else None
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrec.train import ConfigError, run, train
+from mmrec.train import ConfigError, _epoch_of, run, train
 from mmrec.utils.config import CONFIG_DIR
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -119,3 +119,9 @@ def test_validation_every_n_epochs(make_cfg):
     _, objects = train(cfg)
     stats = [cb for cb in objects["callbacks"] if type(cb).__name__ == "EpochStats"][0]
     assert len(stats.val_s) == 2 and len(stats.train_epoch_s) == 4
+
+
+def test_best_epoch_parsed_from_versioned_checkpoint_names():
+    assert _epoch_of("/x/checkpoints/epoch_044.ckpt") == 44
+    assert _epoch_of("/x/checkpoints/epoch_044-v1.ckpt") == 44
+    assert _epoch_of("/x/checkpoints/last.ckpt") is None and _epoch_of(None) is None
