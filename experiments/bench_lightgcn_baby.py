@@ -99,17 +99,18 @@ def report(results: dict) -> str:
              "full ranking over all 7,050 items with training items masked (and validation items at test time).", ""]
     if "speed" in results:
         sp = results["speed"]
+        rows = {int(k): v for k, v in sp["rows"].items()}  # JSON turns the layer keys into strings
         lines += ["### Speed (each row its own process; medians over epochs 2-6)", "",
                   f"Code: commit {sp.get('commit', 'n/a')}, {sp.get('date', '')}.", "",
                   "| layers | s / training epoch | s / full validation pass | peak RSS (MB) |", "|---|---|---|---|"]
-        for layers, row in sp["rows"].items():
+        for layers, row in rows.items():
             lines.append(f"| {layers} | {row['train_epoch_s']:.2f} | {row['val_s']:.2f} | {row['peak_rss_mb']:.0f} |")
         lines += ["", f"Targets (issue #2): <= 1.2 s per epoch at 1 layer, <= 0.3 s per validation pass, peak RSS "
                   f"<= 0.6 GB; MMRec toolbox on the same machine: 2.5 s, 1.9 s, 0.83 GB. "
                   f"Importing torch + lightning + mmrec alone takes "
                   f"{sp['import_rss_mb']:.0f} MB RSS here (the CUDA build of torch 2.14.1 that this workplace "
                   f"installs), before any data: the data, graph, model and evaluation buffers of the 1-layer run "
-                  f"add {sp['rows'][1 if 1 in sp['rows'] else '1']['peak_rss_mb'] - sp['import_rss_mb']:.0f} MB.",
+                  f"add {rows[1]['peak_rss_mb'] - sp['import_rss_mb']:.0f} MB.",
                   "", "Where the time goes (torch profiler, 1 layer): four CSR products per step (forward and "
                   "backward of both graph blocks, ~3 ms each), the autograd element-wise passes over the "
                   "[U+I, 64] tables on a VM with ~2.6 GB/s fill bandwidth, and fused Adam (~2 ms). A validation "
@@ -144,7 +145,7 @@ def report(results: dict) -> str:
             tb = _time_to_best(rec)
             lines.append(f"| {layers}{' (chosen)' if layers == q['best_layers'] else ''} | "
                          f"{rec['metrics']['val/recall@20']:.4f} | {rec['best_epoch']} | {rec['epochs_trained']} | "
-                         f"{tb:.0f} |" if tb is not None else "| n/a |")
+                         f"{'n/a' if tb is None else f'{tb:.0f}'} |")
         seeds = q["seed_runs"]
         lines += ["", f"### Quality at {q['best_layers']} layers, seeds 0, 1, 2 (mean ± std)", "",
                   "| split | Recall@20 | NDCG@20 |", "|---|---|---|"]

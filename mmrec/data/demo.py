@@ -98,8 +98,9 @@ class DemoSource:
                  noise_share: float = 0.1, popularity_exponent: float = 0.8,
                  cold_item_share: float = 0.1, image_size: int = 32,
                  misleading_text_share: float = 0.15, feature_dim: int = 64, seed: int = 0):
-        if num_styles > len(SHAPES) * len(COLOUR_WORDS) or num_styles * 2 > len(STYLE_WORDS) * 2:
-            raise ValueError(f"num_styles={num_styles} is too large for the built-in vocabulary")
+        if num_styles > len(STYLE_WORDS) // 2:  # each style owns a distinct pair of style words
+            raise ValueError(f"num_styles={num_styles}: the built-in vocabulary gives at most "
+                             f"{len(STYLE_WORDS) // 2} distinct styles")
         self.num_users = num_users
         self.num_items = num_items
         self.num_styles = num_styles

@@ -22,6 +22,7 @@ class EpochStats(L.Callback):
         self.rss_mb: list[float] = []
         self._proc = psutil.Process()
         self._t_train = self._t_val = 0.0
+        self._val_in_epoch: float | None = None  # validation time inside the current epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t_train = time.perf_counter()
@@ -36,8 +37,6 @@ class EpochStats(L.Callback):
         self.rss_mb.append(self._proc.memory_info().rss / 2**20)
         pl_module.log("perf/train_epoch_s", elapsed)
         pl_module.log("perf/rss_mb", self.rss_mb[-1])
-
-    _val_in_epoch: float | None = None
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._t_val = time.perf_counter()
