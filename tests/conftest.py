@@ -29,10 +29,10 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+def compose_cfg(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides or [])
+        return compose(config_name, overrides=overrides or [])
 
 
 @pytest.fixture(scope="session")

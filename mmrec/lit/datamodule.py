@@ -93,6 +93,10 @@ class RecDataModule(L.LightningDataModule):
         if self.source is None:
             raise DatasetError(f"{self.root}: not a prepared dataset and no source configured to "
                                f"prepare it.")
+        if hasattr(self.source, "stages"):  # real sources: tables, images and features, offline
+            raise DatasetError(f"{self.root}: not prepared yet. Real datasets are prepared once, "
+                               f"features included, by `python -m mmrec.prepare dataset=<this dataset> "
+                               f"encoder=<choice>` (e.g. encoder=offline here); then train.")
         start = time.time()
         log.info("Preparing dataset into %s from %s", self.root, self.source.describe())
         self.source.prepare(self.root)
@@ -116,9 +120,16 @@ class RecDataModule(L.LightningDataModule):
             return
         start = time.time()
         ds = load_prepared(self.root, verify=self.verify)
+        unfinished = [m for m in ds.manifest.get("expected_features", []) if m not in ds.feature_entries]
+        if unfinished and self.feature_names is None:
+            raise DatasetError(f"{self.root}: feature extraction of {unfinished} did not finish; run "
+                               f"`python -m mmrec.prepare` for this dataset again (it resumes), or pass "
+                               f"dataset.features=[...] with the modalities you want.")
         self.dataset = ds
         u, i = ds.num_users, ds.num_items
-        self.train_matrix = InteractionMatrix(*ds.split("train"), u, i)
+        train_u, train_i = ds.split("train")
+        # negatives come from items with a training interaction only (cold items stay unseen)
+        self.train_matrix = InteractionMatrix(train_u, train_i, u, i, catalogue=np.unique(train_i))
         self.valid_matrix = InteractionMatrix(*ds.split("valid"), u, i)
         self.test_matrix = InteractionMatrix(*ds.split("test"), u, i)
         self.graph = BipartiteGraph(self.train_matrix)

@@ -1,0 +1,199 @@
+"""Streaming JSON-lines reader: Arrow tables block by block, bad lines reported by number.
+
+A multi-GB ``.jsonl`` / ``.jsonl.gz`` file is read in blocks of whole lines (``block_bytes``,
+64 MiB by default), so memory stays bounded whatever the file size. Each block goes through
+pyarrow's multi-threaded JSON parser with an explicit schema (fields not in the schema are
+ignored); only a block the fast parser rejects is re-read line by line with :mod:`json`, to
+find the malformed lines, report them with their 1-based line numbers and keep the rest.
+A line whose *required* fields are missing or null counts as malformed too.
+
+``strict=True`` turns the first malformed line into a :class:`DatasetError` naming the file
+and line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from mmrec.data.prepared import DatasetError
+
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class ParseReport:
+    """Counts of one file's parse: lines read, rows kept, malformed lines (with examples)."""
+
+    path: str
+    lines: int = 0
+    rows: int = 0
+    blank: int = 0
+    malformed: int = 0
+    examples: list[tuple[int, str]] = field(default_factory=list)
+
+    def bad(self, line: int, reason: str, strict: bool) -> None:
+        self.malformed += 1
+        if strict:
+            raise DatasetError(f"{self.path}:{line}: {reason}. Fix or remove the line, or run without "
+                               f"strict mode to skip malformed lines (they are counted and reported).")
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append((line, reason))
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "lines": self.lines, "rows": self.rows, "blank": self.blank,
+                "malformed": self.malformed,
+                "malformed_examples": [f"line {n}: {r}" for n, r in self.examples]}
+
+
+def open_maybe_gzip(path: str | Path) -> IO[bytes]:
+    path = Path(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _coerce(value, typ: pa.DataType):
+    """Python value -> value of Arrow type ``typ``; raises ValueError when it does not fit."""
+    if value is None:
+        return None
+    if pa.types.is_string(typ):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    if pa.types.is_integer(typ):
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, got a boolean")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if pa.types.is_floating(typ):
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if pa.types.is_boolean(typ):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true/false, got {value!r}")
+    if pa.types.is_list(typ):
+        if not isinstance(value, list):
+            value = [value]  # a lone string where a list is expected: a list of one
+        return [_coerce(v, typ.value_type) for v in value]
+    if pa.types.is_struct(typ):
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object, got {type(value).__name__}")
+        return {f.name: _coerce(value.get(f.name), f.type) for f in typ}
+    raise TypeError(f"unsupported schema type {typ}")
+
+
+class JsonlReader:
+    """Iterate Arrow tables (``schema`` columns) over a JSON-lines file; see the module docstring.
+
+    Args:
+        path: ``.jsonl`` or gzip-compressed file (detected by content, not by name).
+        schema: the columns to extract; other fields are ignored.
+        required: columns that must be present and non-null on every kept line.
+        strict: fail on the first malformed line instead of skipping it.
+        block_bytes: bytes of whole lines parsed at once.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema, required: tuple[str, ...] = (),
+                 strict: bool = False, block_bytes: int = 64 << 20):
+        self.path = Path(path)
+        self.schema = schema
+        self.required = tuple(required)
+        self.strict = strict
+        self.block_bytes = block_bytes
+        self.report = ParseReport(str(self.path))
+        self._options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        with open_maybe_gzip(self.path) as fh:
+            first_line = 1
+            while True:
+                block = fh.read(self.block_bytes)
+                if not block:
+                    break
+                if not block.endswith(b"\n"):
+                    block += fh.readline()  # complete the last line
+                n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                table = self._parse_block(block, first_line, n_lines)
+                self.report.lines += n_lines
+                first_line += n_lines
+                if table.num_rows:
+                    self.report.rows += table.num_rows
+                    yield table
+
+    # -- one block ------------------------------------------------------------------------
+    def _parse_block(self, block: bytes, first_line: int, n_lines: int) -> pa.Table:
+        try:
+            table = pj.read_json(io.BytesIO(block), parse_options=self._options)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return self._parse_lines(block, first_line)
+        if table.num_rows == n_lines:
+            line_of_row = np.arange(n_lines)
+        else:  # blank lines (skipped by the parser): map rows to the non-blank ones
+            lines = block.split(b"\n")[:n_lines]
+            line_of_row = np.flatnonzero([bool(line.strip()) for line in lines])
+            if table.num_rows != len(line_of_row):  # cannot map rows to lines: the careful path
+                return self._parse_lines(block, first_line)
+            self.report.blank += len(lines) - len(line_of_row)
+        if not self.required:
+            return table
+        ok = np.ones(table.num_rows, dtype=bool)
+        for name in self.required:
+            ok &= pc.is_valid(table[name]).to_numpy(zero_copy_only=False)
+        if ok.all():
+            return table
+        for r in np.flatnonzero(~ok):
+            missing = [n for n in self.required if not table[n][int(r)].is_valid]
+            self.report.bad(first_line + int(line_of_row[r]), f"missing required field(s) {missing}", self.strict)
+        return table.filter(pa.array(ok))
+
+    def _parse_lines(self, block: bytes, first_line: int) -> pa.Table:
+        columns: dict[str, list] = {f.name: [] for f in self.schema}
+        lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()
+        for offset, raw in enumerate(lines):
+            if not raw.strip():
+                self.report.blank += 1
+                continue
+            line = first_line + offset
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                self.report.bad(line, f"invalid JSON ({err.msg if hasattr(err, 'msg') else err})", self.strict)
+                continue
+            if not isinstance(record, dict):
+                self.report.bad(line, f"expected a JSON object, got {type(record).__name__}", self.strict)
+                continue
+            try:
+                values = {f.name: _coerce(record.get(f.name), f.type) for f in self.schema}
+            except ValueError as err:
+                self.report.bad(line, str(err), self.strict)
+                continue
+            missing = [n for n in self.required if values[n] is None]
+            if missing:
+                self.report.bad(line, f"missing required field(s) {missing}", self.strict)
+                continue
+            for name, value in values.items():
+                columns[name].append(value)
+        return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in self.schema},
+                        schema=self.schema)

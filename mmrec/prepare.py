@@ -1,0 +1,121 @@
+"""Prepare a dataset end to end: ``python -m mmrec.prepare dataset=beauty encoder=offline``.
+
+Runs the source's stages (Amazon 2023: download -> parse -> filter -> split -> items ->
+images -> tables; ml100k: items -> images -> tables) and then one feature stage per modality
+of the chosen ``encoder`` (image, text), which extracts the features once, offline, into
+``features/<modality>.lmdb``. Every stage is resumable and a finished one is skipped; the
+end prints a summary (counts after each step, missing images / text, seconds per stage),
+also written to ``<root>/prepare_summary.json``.
+
+``prepare(cfg)`` is a plain function; ``main()`` the thin Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mmrec.data.prepared import DatasetError, read_manifest, write_manifest
+from mmrec.data.stages import Stage, format_summary, run_stages
+
+log = logging.getLogger(__name__)
+
+
+def _stored_encoder(root: Path, modality: str) -> str | None:
+    entry = read_manifest(root).get("features", {}).get(modality)
+    return entry.get("encoder") if entry else None
+
+
+def _extract(root: Path, modality: str, encoders, overwrite: bool, progress: bool) -> dict:
+    from mmrec.features.extract import extract_images, extract_texts
+
+    encoder = encoders.build(modality)
+    stored = _stored_encoder(root, modality)
+    path = root / "features" / f"{modality}.lmdb"
+    if stored is not None and stored != encoder.encoder_id:
+        if not overwrite:
+            raise DatasetError(f"{root}: features/{modality}.lmdb was extracted with {stored!r}, not "
+                               f"{encoder.encoder_id!r}. Pass prepare.overwrite_features=true to replace it, "
+                               f"or prepare into another folder (dataset.root=...).")
+    if overwrite and path.exists() and stored != encoder.encoder_id:
+        manifest = read_manifest(root)
+        manifest.get("features", {}).pop(modality, None)
+        write_manifest(root, manifest)  # unregister first: a crash now leaves "missing", never "wrong"
+        shutil.rmtree(path)
+    if modality == "image":
+        extract_images(root, modality, encoder, batch_size=encoders.batch_size, dtype=encoders.dtype,
+                       num_workers=encoders.num_workers, progress=progress)
+    else:
+        extract_texts(root, modality, encoder, batch_size=encoders.batch_size, dtype=encoders.dtype,
+                      progress=progress)
+    entry = read_manifest(root)["features"][modality]
+    return {k: entry[k] for k in ("dim", "count", "missing") if k in entry} | {"encoder": entry.get("encoder")}
+
+
+def feature_stages(root: Path, encoder_cfg: DictConfig | None, overwrite: bool, progress: bool) -> list[Stage]:
+    """One stage per modality the encoder config covers (``image`` / ``text`` not null).
+    Encoders are built when their stage runs, so a skipped stage loads no model."""
+    if encoder_cfg is None:
+        return []
+    encoders = instantiate(encoder_cfg)  # an EncoderSet; builds nothing yet
+    stages = []
+    for modality in encoders.modalities:
+        params = OmegaConf.to_container(encoder_cfg[modality], resolve=True)
+        params |= {"dtype": str(encoder_cfg.dtype)}
+        stages.append(Stage(f"features_{modality}", params,
+                            lambda m=modality: _extract(root, m, encoders, overwrite, progress)))
+    return stages
+
+
+def _expect_features(root: Path, modalities: list[str]) -> dict:
+    """Record in the manifest which feature stores this preparation will produce, so training
+    refuses a dataset whose feature extraction did not finish."""
+    manifest = read_manifest(root)
+    manifest["expected_features"] = modalities
+    write_manifest(root, manifest)
+    return {"expected_features": ",".join(modalities) or "none"}
+
+
+def prepare(cfg: DictConfig) -> list[dict]:
+    """Prepare ``cfg.dataset`` (its ``source``) into ``cfg.dataset.root``; returns the stage records."""
+    root = Path(cfg.dataset.root)
+    source = instantiate(cfg.dataset.source)
+    opts = cfg.prepare
+    if not hasattr(source, "stages"):  # single-step sources (demo generator, MMRec import)
+        stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))},
+                        lambda: (source.prepare(root), {})[1])]
+        makes_features = bool(getattr(source, "makes_features", False))
+    else:
+        stages = list(source.stages(root))
+        makes_features = False
+    encoder_cfg = None if makes_features or not opts.features else cfg.get("encoder")
+    extra = feature_stages(root, encoder_cfg, bool(opts.overwrite_features), bool(opts.progress))
+    if extra:
+        modalities = [s.name.removeprefix("features_") for s in extra]
+        stages.append(Stage("expect", {"modalities": modalities}, lambda: _expect_features(root, modalities)))
+        stages.extend(extra)
+    records = run_stages(root, stages, force=list(opts.force or []), until=opts.until)
+    summary = {"root": str(root), "stages": records}
+    (root / "prepare_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return records
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+def main(cfg: DictConfig) -> Any:
+    records = prepare(cfg)
+    print(format_summary(records))
+    images = next((r["summary"].get("image_status") for r in records if r["stage"] == "images"), None)
+    if images:
+        print("\nimages: " + ", ".join(f"{k}={v}" for k, v in sorted(images.items())))
+    return None
+
+
+if __name__ == "__main__":
+    main()
