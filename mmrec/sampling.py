@@ -1,7 +1,9 @@
 """Negative samplers for pairwise training.
 
 Every sampler returns ``[B, K]`` item ids for a batch of ``B`` (user, positive item) pairs,
-never an item the user has in the training set. All work is done with tensor operations
+never an item the user has in the training set, and never an item outside the training
+matrix's catalogue (items with a training interaction): cold items stay unseen in training,
+so what a model does with them at test time comes from content alone. All work is done with tensor operations
 on the batch's device, without rejection loops (see :func:`sample_true_negatives`).
 """
 
@@ -18,12 +20,13 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_true_negatives(users: torch.Tensor, k: int, positives: InteractionMatrix) -> torch.Tensor:
-    """``[B, k]`` items drawn uniformly from each row's user's non-positive items.
+    """``[B, k]`` items drawn uniformly from each row's user's non-positive catalogue items
+    (the training matrix's catalogue: items with a training interaction).
 
-    Exact and loop-free: draw a rank ``r`` among the user's ``I - deg(u)`` negatives and map
+    Exact and loop-free: draw a rank ``r`` among the user's ``C - deg(u)`` negatives and map
     it to the item id with :meth:`InteractionMatrix.nth_negative`.
     """
-    num_neg = positives.num_items - positives.counts(users)  # [B]
+    num_neg = positives.num_negatives(users)  # [B]
     if (num_neg <= 0).any():
         bad = int(users[num_neg <= 0][0])
         raise ValueError(f"user {bad} has interacted with every item: no negative exists; drop "
@@ -114,7 +117,8 @@ class PopularitySampler(NegativeSampler):
         self.alpha = alpha
 
     def sample(self, users, pos_items, positives, score_fn=None):
-        weights = (positives.item_degree().float() + 1.0).pow(self.alpha)  # [I]
+        weights = torch.zeros(positives.num_items, device=users.device)
+        weights[positives.catalogue] = (positives.item_degree()[positives.catalogue].float() + 1.0).pow(self.alpha)  # [I]
         draws = torch.multinomial(weights, len(users) * self.num_negatives, replacement=True)
         return _replace_positives(users, draws.view(len(users), self.num_negatives), positives)
 

@@ -99,3 +99,22 @@ def test_mixing_sampler_blends_positive_into_hardest_candidates():
             assert 0 <= a <= 1 and torch.allclose(a * e_p + (1 - a) * e_n, r, atol=1e-5)
     rows.sum().backward()  # gradients reach the item embeddings through the mixing
     assert item_emb.grad[pos].abs().sum() > 0
+
+
+def test_negatives_never_leave_the_catalogue():
+    # items 4..7 have no training interaction (cold): no sampler may return them
+    users = torch.tensor([0, 0, 1, 1, 2, 3])
+    items = torch.tensor([0, 1, 1, 2, 3, 0])
+    train = InteractionMatrix(users, items, 4, 8, catalogue=torch.unique(items))
+    assert train.num_negatives(torch.tensor([0, 2])).tolist() == [2, 3]
+    batch_u = torch.tensor([0, 1, 2, 3] * 50)
+    for sampler in (UniformSampler(3), PopularitySampler(3), InBatchSampler(3)):
+        neg = sampler.sample(batch_u, items[torch.tensor([0, 2, 4, 5] * 50)], train)
+        assert neg.max() <= 3, type(sampler).__name__
+        assert not train.contains(batch_u.unsqueeze(1).expand_as(neg), neg).any()
+    # uniform over the user's catalogue negatives: user 0 -> {2, 3}
+    neg = UniformSampler(1).sample(torch.zeros(4000, dtype=torch.long), torch.zeros(4000, dtype=torch.long), train)
+    counts = torch.bincount(neg.flatten(), minlength=8)
+    assert counts[[0, 1, 4, 5, 6, 7]].sum() == 0 and abs(counts[2] - counts[3]) < 300
+    with pytest.raises(ValueError, match="catalogue"):
+        InteractionMatrix(users, items, 4, 8, catalogue=torch.tensor([0, 1, 2]))

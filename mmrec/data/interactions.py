@@ -19,13 +19,16 @@ class InteractionMatrix(nn.Module):
     Args:
         users, items: equal-length integer arrays of the (user, item) pairs.
         num_users, num_items: matrix shape.
+        catalogue: the items negatives are drawn from (:meth:`nth_negative`); ``None``: all
+            items. The training matrix uses the items with a training interaction, so that
+            held-out (cold) items are never shown to a model, not even as negatives.
     """
 
     indptr: torch.Tensor
     indices: torch.Tensor
     keys: torch.Tensor
 
-    def __init__(self, users, items, num_users: int, num_items: int):
+    def __init__(self, users, items, num_users: int, num_items: int, catalogue=None):
         super().__init__()
         users = torch.as_tensor(np.asarray(users), dtype=torch.long)
         items = torch.as_tensor(np.asarray(items), dtype=torch.long)
@@ -40,11 +43,18 @@ class InteractionMatrix(nn.Module):
         self.register_buffer("indices", keys - rows * self.num_items, persistent=False)
         # Sorted linear keys user * num_items + item, for O(log nnz) membership tests.
         self.register_buffer("keys", keys, persistent=False)
-        # For exact negative sampling: the j-th positive p_j (0-based, ascending) of a user
-        # has p_j - j negatives below it. Keys user * (num_items + 1) + (p_j - j) are sorted.
+        cat = torch.arange(self.num_items) if catalogue is None else \
+            torch.unique(torch.as_tensor(np.asarray(catalogue), dtype=torch.long))
+        pos = torch.searchsorted(cat, self.indices).clamp_(max=max(cat.numel() - 1, 0))
+        if self.indices.numel() and not torch.equal(cat[pos], self.indices):
+            bad = int(self.indices[cat[pos] != self.indices][0])
+            raise ValueError(f"item {bad} has an interaction but is not in the negative catalogue")
+        self.register_buffer("catalogue", cat, persistent=False)
+        # For exact negative sampling: the j-th positive (0-based, ascending) of a user, at
+        # catalogue position c_j, has c_j - j negatives below it in the catalogue. Keys
+        # user * (C + 1) + (c_j - j) are sorted.
         within = torch.arange(keys.numel()) - indptr[rows]
-        self.register_buffer("gap_keys", rows * (self.num_items + 1) + self.indices - within,
-                             persistent=False)
+        self.register_buffer("gap_keys", rows * (cat.numel() + 1) + pos - within, persistent=False)
 
     @property
     def nnz(self) -> int:
@@ -79,16 +89,22 @@ class InteractionMatrix(nn.Module):
         pos = torch.searchsorted(self.keys, query.reshape(-1)).clamp_(max=self.keys.numel() - 1)
         return (self.keys[pos] == query.reshape(-1)).reshape(query.shape)
 
-    def nth_negative(self, users: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-        """The ``ranks``-th (0-based, ascending) item that ``users`` have *not* interacted with.
+    def num_negatives(self, users: torch.Tensor) -> torch.Tensor:
+        """Catalogue items each user has *not* interacted with ([len(users)])."""
+        return self.catalogue.numel() - self.counts(users)
 
-        ``users`` and ``ranks`` broadcast; ranks must be below ``num_items - counts(users)``.
-        The r-th negative is ``r + #{j : p_j - j <= r}``: one ``searchsorted``, no rejection.
+    def nth_negative(self, users: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """The ``ranks``-th (0-based, ascending) catalogue item that ``users`` have *not*
+        interacted with.
+
+        ``users`` and ``ranks`` broadcast; ranks must be below :meth:`num_negatives`. In
+        catalogue positions the r-th negative is ``r + #{j : c_j - j <= r}``: one
+        ``searchsorted``, no rejection; then one gather maps positions to item ids.
         """
         users, ranks = torch.broadcast_tensors(users, ranks)
-        query = (users * (self.num_items + 1) + ranks).reshape(-1)
+        query = (users * (self.catalogue.numel() + 1) + ranks).reshape(-1)
         below = torch.searchsorted(self.gap_keys, query, right=True) - self.indptr[users.reshape(-1)]
-        return ranks + below.reshape(ranks.shape)
+        return self.catalogue[ranks + below.reshape(ranks.shape)]
 
     def item_degree(self) -> torch.Tensor:
         """Number of users per item ([num_items])."""
