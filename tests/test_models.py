@@ -10,7 +10,7 @@ from mmrec.features.featureset import FeatureSet
 from mmrec.fusion import AttentionFusion, ConcatFusion, GatedFusion, GraphSumFusion, LateFusion
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.graph.knn import cosine_knn, fused_knn_graph
-from mmrec.models import FREEDOM, GRCN, MMGCN, VBPR, LightGCN
+from mmrec.models import FREEDOM, GRCN, LATTICE, MMGCN, VBPR, LightGCN
 
 U, I, D = 12, 15, 8
 
@@ -40,6 +40,7 @@ def _models(features):
     yield FREEDOM(U, I, features, partial(GraphSumFusion, weights={"image": 0.1, "text": 0.9}),
                   embedding_dim=D, knn_k=3, edge_dropout=0.5)
     yield GRCN(U, I, features, partial(LateFusion), embedding_dim=D, num_layers=2)
+    yield LATTICE(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3)
 
 
 def test_shapes_and_gradients(graph, features):
@@ -209,3 +210,37 @@ def test_weighted_propagation_gradcheck(graph):
     hu = torch.randn(U, 3, dtype=torch.float64, requires_grad=True)
     hi = torch.randn(I, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: graph.propagate_weighted(a, b, c), (w, hu, hi))
+
+
+def test_lattice_learned_graph_matches_brute_force_and_trains_projections(graph, features):
+    torch.manual_seed(0)
+    model = LATTICE(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3, lambda_coeff=0.5)
+    with torch.no_grad():
+        model.proj["image"].weight.add_(torch.randn_like(model.proj["image"].weight))  # W changed after the
+    before = model.learned_nbr_image.clone()                                            # last refresh
+    model.refresh(features)
+    values, mask = features["image"]
+    h = torch.nn.functional.normalize(model.proj["image"](values), dim=1)
+    sim = h @ h.T
+    sim.fill_diagonal_(float("-inf"))
+    sim[:, ~mask] = float("-inf")
+    for i in torch.nonzero(mask).squeeze(1).tolist():  # brute-force kNN over present items
+        assert set(model.learned_nbr_image[i].tolist()) == set(sim[i].topk(3).indices.tolist())
+    assert (model.learned_nbr_image[~mask] == -1).all()  # missing image: no edges in that graph
+    assert not torch.equal(before, model.learned_nbr_image)
+    user_emb, item_emb = model(graph, features)
+    (item_emb.sum() + user_emb.sum()).backward()
+    assert model.proj["image"].weight.grad.abs().sum() > 0 and model.modality_logits.grad is not None
+
+
+def test_lattice_refresh_is_called_once_per_training_epoch(make_cfg):
+    from mmrec.train import train
+
+    calls = []
+    original = LATTICE.refresh
+    LATTICE.refresh = lambda self, features=None: (calls.append(1), original(self, features))[1]
+    try:
+        train(make_cfg(["model=lattice", "trainer.max_epochs=2", "logger=none", "callbacks=none", "test=false"]))
+    finally:
+        LATTICE.refresh = original
+    assert len(calls) == 1 + 2  # construction + one per epoch

@@ -118,6 +118,7 @@ class RecModule(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
+        self.encoder.refresh(self.features)
         self._epoch_sums = torch.zeros(4, device=self.device)
         self._epoch_count = 0
 

@@ -3,8 +3,9 @@
 from mmrec.models.base import GraphRecommender
 from mmrec.models.freedom import FREEDOM
 from mmrec.models.grcn import GRCN
+from mmrec.models.lattice import LATTICE
 from mmrec.models.lightgcn import LightGCN
 from mmrec.models.mmgcn import MMGCN
 from mmrec.models.vbpr import VBPR
 
-__all__ = ["FREEDOM", "GRCN", "GraphRecommender", "LightGCN", "MMGCN", "VBPR"]
+__all__ = ["FREEDOM", "GRCN", "GraphRecommender", "LATTICE", "LightGCN", "MMGCN", "VBPR"]

@@ -32,6 +32,12 @@ class GraphRecommender(nn.Module):
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def refresh(self, features=None) -> None:
+        """Recompute structure that depends on learned weights but is too costly for every
+        step (e.g. LATTICE's learned kNN neighbours). The training module calls it at the
+        start of every training epoch; nothing by default. It is the only place such state
+        changes: ``forward`` never fills a cache."""
+
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-0 (free) user and item parameters that the L2 term regularises."""
         raise NotImplementedError
