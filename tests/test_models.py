@@ -244,3 +244,13 @@ def test_lattice_refresh_is_called_once_per_training_epoch(make_cfg):
     finally:
         LATTICE.refresh = original
     assert len(calls) == 1 + 2  # construction + one per epoch
+
+
+def test_edge_dot_matches_gather_and_gradcheck(graph):
+    users, items = graph.edge_index
+    a = torch.randn(U, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(I, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(graph.edge_dot(a, b), (a[users] * b[items]).sum(1))
+    assert torch.autograd.gradcheck(lambda x, y: graph.edge_dot(x, y), (a, b))
+    w = torch.rand(users.numel(), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, x: graph.spmm_values(v, x, "iu"), (w, a))

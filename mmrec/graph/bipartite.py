@@ -145,13 +145,41 @@ class BipartiteGraph(nn.Module):
         di = torch.zeros(self.num_items, device=weights.device, dtype=weights.dtype).index_add_(0, items, weights)
         return weights * (du[users] + eps).rsqrt() * (di[items] + eps).rsqrt()
 
+    def _pattern(self, side: str, values: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``[U, I]`` (``side="ui"``) or ``[I, U]`` (``"iu"``) CSR matrix of the training
+        edges carrying edge-ordered ``values [E]`` (zeros: the bare pattern)."""
+        crow, col, perm = getattr(self, f"{side}_crow"), getattr(self, f"{side}_col"), getattr(self, f"{side}_perm")
+        shape = (self.num_users, self.num_items) if side == "ui" else (self.num_items, self.num_users)
+        vals = col.new_zeros(col.shape, dtype=torch.float32) if values is None else values[perm]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(crow, col, vals, shape)
+
+    def _edge_dot(self, a_user: torch.Tensor, b_item: torch.Tensor) -> torch.Tensor:
+        """``[E]`` dot products ``<a_user[u_e], b_item[i_e]>`` in edge order, without
+        materialising ``[E, d]`` gathers (sampled dense-dense product on the CSR pattern)."""
+        pattern = self._pattern("ui").to(a_user.dtype)
+        csr_vals = torch.sparse.sampled_addmm(pattern, a_user, b_item.T, beta=0.0).values()  # [E], CSR order
+        out = torch.empty_like(csr_vals)
+        out[self.ui_perm] = csr_vals
+        return out
+
+    def edge_dot(self, a_user: torch.Tensor, b_item: torch.Tensor) -> torch.Tensor:
+        """``[E]`` per-edge dot products ``<a_u, b_i>`` (differentiable in both; the backward
+        is two sparse-dense products: no ``[E, d]`` tensor is ever built)."""
+        return _EdgeDot.apply(a_user, b_item, self)
+
+    def spmm_values(self, values: torch.Tensor, x: torch.Tensor, side: str) -> torch.Tensor:
+        """``W x`` for the training-edge matrix ``W`` with learned ``values [E]``: ``side="ui"``
+        gives ``[U, d]`` from item rows ``x``, ``"iu"`` gives ``[I, d]`` from user rows.
+        Differentiable in ``values`` and ``x``."""
+        return _EdgeValueSpMM.apply(values, x, self, side)
+
     def propagate_weighted(self, values: torch.Tensor, h_user: torch.Tensor, h_item: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """One hop over the training edges with per-edge ``values [E]`` (differentiable in
         ``values`` too): ``(W h_item, W^T h_user)``."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return _WeightedBipartiteSpMM.apply(values, h_user, h_item, self)
+        return self.spmm_values(values, h_item, "ui"), self.spmm_values(values, h_user, "iu")
 
     def degree_pruned_blocks(self, keep_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Degree-sensitive edge pruning (FREEDOM): keep ``keep_ratio`` of the edges, drawn
@@ -173,31 +201,42 @@ class BipartiteGraph(nn.Module):
         return out
 
 
-class _WeightedBipartiteSpMM(torch.autograd.Function):
-    """``(W h_item, W^T h_user)`` for a ``[U, I]`` matrix ``W`` with *learned* edge values.
-
-    The sparsity pattern is fixed (the training edges): CSR structures and the permutation
-    from edge order to CSR order are precomputed by :class:`BipartiteGraph`, so each call only
-    permutes the values (no sort).
-    Backward returns gradients for both node features and the edge values:
-    ``dL/dw_e = <g_u[u_e], h_item[i_e]> + <g_i[i_e], h_user[u_e]>``.
-    """
+class _EdgeDot(torch.autograd.Function):
+    """``e -> <a[u_e], b[i_e]>``; backward: ``da = G b``, ``db = G^T a`` with ``G`` the edge
+    matrix carrying the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, values, h_user, h_item, graph):  # type: ignore[override]
-        ui = torch.sparse_csr_tensor(graph.ui_crow, graph.ui_col, values[graph.ui_perm],
-                                     (graph.num_users, graph.num_items))
-        iu = torch.sparse_csr_tensor(graph.iu_crow, graph.iu_col, values[graph.iu_perm],
-                                     (graph.num_items, graph.num_users))
-        ctx.save_for_backward(h_user, h_item)
-        ctx.mats, ctx.edge_index = (ui, iu), graph.edge_index
-        return torch.sparse.mm(ui, h_item), torch.sparse.mm(iu, h_user)
+    def forward(ctx, a_user, b_item, graph):  # type: ignore[override]
+        ctx.save_for_backward(a_user, b_item)
+        ctx.graph = graph
+        return graph._edge_dot(a_user, b_item)
 
     @staticmethod
-    def backward(ctx, g_user, g_item):  # type: ignore[override]
-        h_user, h_item = ctx.saved_tensors
-        ui, iu = ctx.mats
-        users, items = ctx.edge_index
-        g_user, g_item = g_user.contiguous(), g_item.contiguous()
-        grad_values = (g_user[users] * h_item[items]).sum(1) + (g_item[items] * h_user[users]).sum(1)
-        return grad_values, torch.sparse.mm(ui, g_item), torch.sparse.mm(iu, g_user), None
+    def backward(ctx, grad):  # type: ignore[override]
+        a_user, b_item = ctx.saved_tensors
+        graph = ctx.graph
+        return (torch.sparse.mm(graph._pattern("ui", grad), b_item.contiguous()),
+                torch.sparse.mm(graph._pattern("iu", grad), a_user.contiguous()), None)
+
+
+class _EdgeValueSpMM(torch.autograd.Function):
+    """``W x`` with learned edge values; the pattern is fixed (the training edges), its CSR
+    structures and edge-to-CSR permutations precomputed by :class:`BipartiteGraph`, so a call
+    only permutes the values. Backward: ``dx = W^T g`` and ``dw_e = <g[row_e], x[col_e]>``
+    (a sampled product on the pattern, no ``[E, d]`` gather)."""
+
+    @staticmethod
+    def forward(ctx, values, x, graph, side):  # type: ignore[override]
+        ctx.save_for_backward(values, x)
+        ctx.graph, ctx.side = graph, side
+        return torch.sparse.mm(graph._pattern(side, values), x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        values, x = ctx.saved_tensors
+        graph, side = ctx.graph, ctx.side
+        grad = grad.contiguous()
+        other = "iu" if side == "ui" else "ui"
+        grad_x = torch.sparse.mm(graph._pattern(other, values), grad)
+        grad_values = graph._edge_dot(grad, x) if side == "ui" else graph._edge_dot(x, grad)
+        return grad_values, grad_x, None, None

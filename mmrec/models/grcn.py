@@ -80,21 +80,24 @@ class GRCN(GraphRecommender):
         """``(p [M, U, d], h [M, I, d])``, both row-normalised."""
         h, _ = self.fusion.projector(features)  # [M, I, d]
         h = F.normalize(h, dim=2)
-        users, items = graph.edge_index
-        p = F.normalize(self.prototype_init, dim=2)  # [M, U, d]
-        for _ in range(self.routing_iters):
-            logits = (p[:, users] * h[:, items]).sum(2)  # [M, E]
-            a = torch.stack([segment_softmax(l, users, num_nodes=p.shape[1]) for l in logits])  # [M, E]
-            agg = torch.zeros_like(p).index_add_(1, users, a.unsqueeze(2) * h[:, items])  # [M, U, d]
-            p = F.normalize(self.prototype_init + agg, dim=2)
-        return p, h
+        users = graph.edge_index[0]
+        protos = []
+        # per modality (unbind: one cheap backward, unlike repeated indexing); edge-level work
+        # is sparse, so no [E, d] tensor is ever built
+        for init, h_m in zip(self.prototype_init.unbind(0), h.unbind(0)):
+            p = F.normalize(init, dim=1)  # [U, d]
+            for _ in range(self.routing_iters):
+                a = segment_softmax(graph.edge_dot(p, h_m), users, num_nodes=p.shape[0])  # [E]
+                p = F.normalize(init + graph.spmm_values(a, h_m, "ui"), dim=1)  # [U, d]
+            protos.append(p)
+        return torch.stack(protos), h
 
     def edge_weights(self, graph: BipartiteGraph, features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(p, h, w)``: prototypes, content and the refined weight of every training edge,
         ``w_ui = max(0, max_m <p_u^m, h_i^m>)`` ``[E]``."""
         p, h = self.prototypes_and_content(graph, features)
-        users, items = graph.edge_index
-        return p, h, F.relu((p[:, users] * h[:, items]).sum(2).max(dim=0).values)
+        affinity = torch.stack([graph.edge_dot(p_m, h_m) for p_m, h_m in zip(p.unbind(0), h.unbind(0))])  # [M, E]
+        return p, h, F.relu(affinity.max(dim=0).values)
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         p, h, weights = self.edge_weights(graph, features)
