@@ -1,0 +1,139 @@
+"""All models on one dataset: overall, warm-item and cold-item quality, speed, memory.
+
+Usage (from the repository root):
+
+    python experiments/bench_models.py --dataset demo             # 3 seeds per model
+    python experiments/bench_models.py --dataset ml100k           # prepares ml100k first (encoder=offline)
+    python experiments/bench_models.py --dataset demo --seeds 0   # quick
+
+Each run: `python -m mmrec.train dataset=<d> model=<m> seed=<s>` with the model's default
+fusion, early stopping on validation Recall@20, the test split evaluated once on the
+selected checkpoint. Cold items have no training interaction; their test metrics count only
+cold relevant items in the full ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
+
+MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
+          ("grcn", "late"), ("freedom", "graph_sum"), ("lattice", "graph_sum")]
+DESCRIPTION = {
+    "demo": "Demo: 1,000 users, 800 items, 12 latent styles, 10% cold items (validation/test only); "
+            "64-d deterministic image and text features.",
+    "ml100k": "MovieLens-100k (MMRec split 75k/12k/13k): 943 users, 1,682 items; image = EfficientNet-Lite0 "
+              "(ImageNet) features of the 466 real posters (the other items: missing image, masked), text = "
+              "all-MiniLM-L6-v2 of plot summary + genres + cast + director (`encoder=offline`). Cold items are "
+              "the test/validation items that happen to have no training interaction.",
+}
+
+
+def prepare_ml100k() -> str:
+    """Prepare dataset=ml100k with the offline encoders; returns a Markdown table of its stages."""
+    import subprocess
+
+    from common import ROOT
+
+    cmd = [sys.executable, "-m", "mmrec.prepare", "dataset=ml100k", "encoder=offline", "prepare.progress=false",
+           "dataset.source.progress=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    summary = json.loads((ROOT / "data" / "ml100k" / "prepare_summary.json").read_text())
+    lines = ["### Preparing ml100k with the offline encoders", "",
+             "Command: `python -m mmrec.prepare dataset=ml100k encoder=offline` (a fresh folder; wall time per stage)", "",
+             "| stage | seconds | summary |", "|---|---:|---|"]
+    for rec in summary["stages"]:
+        detail = ", ".join(f"{k}={v}" for k, v in rec["summary"].items() if not isinstance(v, (dict, list)))
+        lines.append(f"| {rec['stage']} | {rec['seconds']:.1f} | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def _name(dataset: str, model: str, fusion: str, seed: int) -> str:
+    return f"{dataset}_{model}_{fusion}_s{seed}"
+
+
+def collect(dataset: str, seeds: list[int]) -> dict[str, list[dict]]:
+    """Completed runs of ``MODELS`` x ``seeds`` found under logs/bench (for --report-only)."""
+    results = {}
+    for model, fusion in MODELS:
+        runs = []
+        for seed in seeds:
+            path = OUT / _name(dataset, model, fusion, seed) / "metrics.json"
+            if path.exists():
+                runs.append(json.loads(path.read_text()))
+        if runs:
+            results[f"{model}/{fusion}"] = runs
+    return results
+
+
+def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note: str = "") -> str:
+    lines = [f"## All models on {dataset}", "",
+             f"- Command: `python experiments/bench_models.py --dataset {dataset} --seeds {' '.join(map(str, seeds))}`",
+             f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
+             f"- {DESCRIPTION[dataset]} Defaults of each model config; mean ± std over the seeds each row lists; "
+             "negatives drawn from items with a training interaction only. s/epoch = median training epoch; "
+             "RSS = the run's peak.", "",
+             "| model | fusion | seeds | val R@20 | test R@20 | test NDCG@20 | test warm R@20 | test cold R@20 | epochs to best | s/epoch | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, runs in results.items():
+        model, fusion = key.split("/")
+
+        def col(name: str) -> str:
+            vals = [r["metrics"][name] for r in runs if name in r["metrics"]]
+            return mean_std(vals) if vals else "n/a"
+
+        best = statistics.mean(r["best_epoch"] for r in runs)
+        epoch_s = statistics.median(r["perf"]["train_epoch_s_median"] for r in runs)
+        rss = max(r["perf"]["peak_rss_mb"] for r in runs)
+        lines.append(f"| {model} | {fusion} | {len(runs)} | {col('val/recall@20')} | {col('test/recall@20')} | "
+                     f"{col('test/ndcg@20')} | {col('test/warm/recall@20')} | {col('test/cold/recall@20')} | "
+                     f"{best:.0f} | {epoch_s:.2f} | {rss:.0f} |")
+    return "\n".join(lines) + "\n" + (("\n" + note) if note else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DESCRIPTION), default="demo")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=None, help="subset, e.g. lightgcn vbpr")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table from completed runs")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    note = ""
+    if args.dataset == "ml100k" and not args.report_only:
+        note = prepare_ml100k()
+        (OUT / "ml100k_prepare.md").write_text(note)
+    elif args.dataset == "ml100k" and (OUT / "ml100k_prepare.md").exists():
+        note = (OUT / "ml100k_prepare.md").read_text()
+    models = [(m, f) for m, f in MODELS if args.models is None or m in args.models]
+    if args.report_only:
+        results = collect(args.dataset, args.seeds)
+    else:
+        results = {}
+        for model, fusion in models:
+            runs = []
+            for seed in args.seeds:
+                rec = run_train(_name(args.dataset, model, fusion, seed),
+                                [f"dataset={args.dataset}", f"model={model}", f"fusion={fusion}", f"seed={seed}",
+                                 "logger=none"])
+                runs.append(rec)
+                print(model, fusion, seed, {k: round(v, 4) for k, v in rec["metrics"].items()
+                                            if "recall@20" in k}, flush=True)
+            results[f"{model}/{fusion}"] = runs
+        (OUT / f"models_{args.dataset}.json").write_text(json.dumps(results, indent=1))
+    text = report(args.dataset, results, args.seeds, note)
+    write_section(f"models_{args.dataset}", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
