@@ -1,11 +1,16 @@
-"""Callbacks that measure the run: time per training epoch and validation pass, and RSS."""
+"""Callbacks: per-epoch time and RSS, DDP support with exact evaluation, and a W&B table of
+sample recommendations."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import psutil
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 class EpochStats(L.Callback):
@@ -63,3 +68,152 @@ class EpochStats(L.Callback):
             "val_s": [round(x, 4) for x in self.val_s],
             "rss_mb": [round(x, 1) for x in self.rss_mb],
         }
+
+
+class DistributedEvaluation(L.Callback):
+    """Makes Lightning's DDP strategy (``trainer=ddp``) work with mmrec's modules, and keeps
+    evaluation exact.
+
+    * The graph and interaction sets are buffers built identically by every process from the
+      same prepared dataset; sparse CSR/COO buffers cannot be broadcast by DDP, so they are
+      excluded from DDP's state synchronisation (the dense ones are still synced).
+    * Lightning would shard the evaluation users over the processes and every process would
+      log the mean over its own share. Instead every process ranks **all** evaluation users
+      (the loaders get a one-replica ``DistributedSampler``, which Lightning leaves alone), so
+      the validation metric that drives checkpointing and early stopping, and the numbers in
+      ``metrics.json``, are exactly those of a single-device run of the same weights. Only
+      training batches are split across processes.
+
+    Does nothing in a single-process run.
+    """
+
+    _EVAL_LOADERS = ("val_dataloader", "test_dataloader")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size <= 1:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        sparse = [name for name, buf in pl_module.named_buffers() if buf.layout != torch.strided]
+        ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", [])) | set(sparse)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, sorted(ignored))
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            return
+        for name in self._EVAL_LOADERS:
+            if name in vars(datamodule):  # already wrapped (validate/test after fit)
+                continue
+            setattr(datamodule, name, self._unsharded(getattr(datamodule, name)))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        for name in self._EVAL_LOADERS:
+            if datamodule is not None and name in vars(datamodule):
+                delattr(datamodule, name)  # back to the class's method
+
+    @staticmethod
+    def _unsharded(make_loader: Callable[[], DataLoader]) -> Callable[[], DataLoader]:
+        def loader() -> DataLoader:
+            original = make_loader()
+            sampler = DistributedSampler(original.dataset, num_replicas=1, rank=0, shuffle=False)
+            return DataLoader(original.dataset, batch_size=original.batch_size, sampler=sampler,
+                              collate_fn=original.collate_fn, num_workers=original.num_workers)
+
+        return loader
+
+
+class WandbRecommendations(L.Callback):
+    """A W&B table of top-k recommendations for a few validation users: item image, title,
+    score, and whether the item is one of the user's validation items (a hit).
+
+    Logged when the model selected on validation is evaluated after fitting (``train()``
+    validates the best checkpoint once), so the table shows the model whose metrics are
+    reported. Scores come from the module itself (``module()`` -> embeddings,
+    ``encoder.score_all``) and the ranking from :func:`mmrec.evaluation.ranking.rank_top`
+    with the user's training items masked, exactly as in evaluation. Images are the
+    prepared dataset's ``items.image`` paths (relative to the dataset root, or absolute);
+    URLs and missing files are left empty. Does nothing without a ``WandbLogger``.
+
+    Args:
+        num_users: validation users shown (evenly spaced over the user ids, deterministic).
+        k: recommendations per user.
+        key: W&B key of the table.
+    """
+
+    def __init__(self, num_users: int = 4, k: int = 10, key: str = "val/recommendations") -> None:
+        if num_users < 1 or k < 1:
+            raise ValueError(f"num_users and k must be >= 1, got {num_users} and {k}")
+        self.num_users = num_users
+        self.k = k
+        self.key = key
+        self.logged = 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "validate" or not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        rows = recommendation_rows(pl_module, trainer.datamodule, self.num_users, self.k)
+        columns = ["user", "rank", "item", "title", "image", "hit", "score"]
+        data = [[r["user"], r["rank"], r["item"], r["title"],
+                 wandb.Image(r["image"]) if r["image"] else None, r["hit"], r["score"]] for r in rows]
+        for logger in loggers:
+            logger.experiment.log({self.key: wandb.Table(columns=columns, data=data)})
+        self.logged += 1
+
+
+def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 4, k: int = 10
+                        ) -> list[dict]:
+    """Top-``k`` items of ``num_users`` validation users, one dict per (user, rank).
+
+    Uses the module's own representations and scoring (``module()`` and
+    ``module.encoder.score_all``) and the evaluation's masking and top-k (``rank_top``:
+    training items removed), so the list is the one the validation metrics judge.
+
+    Returns dicts with ``user``, ``rank`` (1-based), ``item``, ``title``, ``image`` (local
+    file path or ``None``), ``hit`` (the item is one of the user's validation items) and
+    ``score``.
+    """
+    from mmrec.evaluation.ranking import hits_of, rank_top
+
+    candidates = module.valid_matrix.users_with_items()
+    if len(candidates) == 0:
+        return []
+    pick = torch.linspace(0, len(candidates) - 1, min(num_users, len(candidates))).round().long()
+    users = candidates[pick].to(module.device)  # [n]
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        user_emb, item_emb = module()  # [U, d], [I, d]
+        scores = module.encoder.score_all(user_emb[users], item_emb)  # [n, I]
+        top = rank_top(scores, users, [module.train_matrix], min(k, scores.shape[1]))  # [n, k]
+        hits, _ = hits_of(top, users, module.valid_matrix, scores.shape[1])[""]  # [n, k]
+        top_scores = scores.gather(1, top)  # [n, k]
+    module.train(was_training)
+    dataset = getattr(datamodule, "dataset", None)
+    items = dataset.items.set_index("item") if dataset is not None else None
+    rows = []
+    for u in range(len(users)):
+        for r in range(top.shape[1]):
+            item = int(top[u, r])
+            title, image = "", None
+            if items is not None and item in items.index:
+                title = str(items.at[item, "title"]) if "title" in items.columns else ""
+                image = _local_image(dataset.root, items.at[item, "image"]) if "image" in items.columns else None
+            rows.append({"user": int(users[u]), "rank": r + 1, "item": item, "title": title, "image": image,
+                         "hit": bool(hits[u, r]), "score": float(top_scores[u, r])})
+    return rows
+
+
+def _local_image(root: Path, value) -> str | None:
+    """An ``items.image`` entry as a readable local file, or ``None`` ("" = none; URLs are
+    not fetched)."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return None
+    path = Path(value) if Path(value).is_absolute() else Path(root) / value
+    return str(path) if path.is_file() else None

@@ -22,11 +22,41 @@ def wandb_has_credentials() -> bool:
     return auth.authenticators(host) is not None
 
 
-def wandb_logger(project: str, save_dir: str, mode: str = "auto", **kwargs):
+def sweep_context() -> dict[str, str] | None:
+    """``{"sweep": <multirun folder name>, "job": <job number>, "overrides": <job overrides>}``
+    inside a Hydra multirun job, else ``None`` (single run, or no Hydra at all)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return {"sweep": Path(str(hc.sweep.dir)).name, "job": str(hc.job.num),
+            "overrides": str(hc.job.override_dirname)}
+
+
+def wandb_logger(project: str, save_dir: str, mode: str = "auto", group: str | None = None,
+                 name: str | None = None, sweep_group: bool = True, config_file: str | None = None,
+                 **kwargs):
     """A Lightning ``WandbLogger``; ``mode=auto`` means offline unless credentials exist.
 
     Offline runs are written under ``<save_dir>/wandb`` and can be uploaded later with
     ``wandb sync <save_dir>/wandb/offline-run-*``.
+
+    Args:
+        project: W&B project.
+        save_dir: run folder (``wandb/`` is created inside).
+        mode: ``auto`` | ``online`` | ``offline`` | ``disabled``.
+        group: dashboard group (e.g. the task name).
+        name: run name (``None``: W&B's, or in a sweep ``<job number>: <job overrides>``).
+        sweep_group: in a Hydra multirun, group runs by sweep: ``<group>/<multirun folder
+            name>`` (all jobs of one ``-m`` command or Optuna search land together).
+        config_file: the run's resolved ``config.yaml``; logged as the W&B run config.
+        **kwargs: passed on to ``WandbLogger`` / ``wandb.init`` (tags, log_model, ...).
     """
     from lightning.pytorch.loggers import WandbLogger
 
@@ -35,8 +65,17 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", **kwargs):
     if mode == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    log.info("W&B logging %s to %s", mode, save_dir)
+    sweep = sweep_context()
+    if sweep is not None and sweep_group:
+        group = f"{group}/{sweep['sweep']}" if group else sweep["sweep"]
+        if name is None:
+            name = f"{sweep['job']}: {sweep['overrides']}"[:128]
+    if config_file and Path(config_file).is_file():
+        from omegaconf import OmegaConf
+
+        kwargs.setdefault("config", OmegaConf.to_container(OmegaConf.load(config_file), resolve=False))
+    kwargs = {k: v for k, v in {**kwargs, "group": group, "name": name}.items() if v is not None}
+    log.info("W&B logging %s to %s (group %s)", mode, save_dir, group)
     return WandbLogger(project=project, save_dir=save_dir, mode=mode, **kwargs)
 
 
