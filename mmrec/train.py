@@ -137,7 +137,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     record["perf"] = stats[0].summary() if stats else {}
     # Peak resident memory of this process so far (Linux reports KiB).
     record["perf"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    if trainer.is_global_zero:  # under DDP every process has the same record: one writes it
+        (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     table = metrics_table(metrics, list(cfg.evaluation.ks))
     log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
              cfg.optimized_metric, out_dir, table)
