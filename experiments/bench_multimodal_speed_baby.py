@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, ROOT, git_commit, machine, run_train, write_section  # noqa: E402
 
-MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("mmgcn", "late"), ("grcn", "late"), ("freedom", "graph_sum")]
+MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("mmgcn", "late"), ("grcn", "late"), ("freedom", "graph_sum"),
+          ("lattice", "graph_sum")]
 MMREC_S_PER_EPOCH = {"vbpr": 5.3, "mmgcn": 106, "grcn": 69, "freedom": 22.5}
 TARGET_S_PER_EPOCH = {"vbpr": 2, "mmgcn": 10, "grcn": 7, "freedom": 7}
 

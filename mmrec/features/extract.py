@@ -1,25 +1,44 @@
 """Offline feature extraction into LMDB: batched, resumable, honest about missing inputs.
 
 Features are computed once per dataset and encoder and stored; training only reads them.
-A restarted extraction skips the items already in the store (vectors and recorded
-missing alike), so an interrupted job resumes where it stopped.
+
+* Images: a torch ``DataLoader`` walks the items not yet in the store, one batch of ids per
+  sample; its workers open, decode and (when the encoder has ``preprocess`` /
+  ``encode_tensor``, see :mod:`mmrec.features.encoders`) resize and normalise the images,
+  returning ``(ids [b], pixels [k, ...], ok [b])``. The main process runs the network
+  (on the encoder's device; pinned memory when that is CUDA) under
+  ``torch.inference_mode`` and writes the batch in one LMDB transaction.
+* Texts: ``title + ". " + text`` in batches.
+* An input that cannot be used (no image reference, unreadable or corrupt file, empty
+  text) is recorded as *missing* in the store, never as a zero vector.
+* A restarted extraction skips the items already in the store (vectors and recorded
+  missing alike), so an interrupted job resumes where it stopped.
+
+The manifest entry (``register_feature``) records ``path, dim, dtype, encoder,
+weights_hash, count, missing, seconds, items_per_s``; ``seconds`` and ``items_per_s`` are
+those of the run that completed the store (items it processed / its wall time).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from mmrec.data.prepared import load_prepared, register_feature
 from mmrec.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
+
+_COUNT_CHUNK = 65536  # item ids per read when counting a finished store
 
 
 def _load_image(root: Path, ref: str) -> Image.Image | None:
@@ -30,54 +49,165 @@ def _load_image(root: Path, ref: str) -> Image.Image | None:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+    except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         log.warning("image of %s unusable (%s): recorded as missing", path, err)
         return None
 
 
-def _extract(root: Path, name: str, encoder: Callable, inputs: Callable[[np.ndarray], list],
-             num_items: int, batch_size: int, dtype: str, encoder_id: str) -> dict:
+class ImageBatches(Dataset):
+    """Sample ``b`` = batch ``b`` of ``ids``: ``(ids [n] int64, images, ok [n] bool)``.
+
+    ``images`` holds only the usable images (``ok`` is True), in id order: a tensor
+    ``[k, ...]`` made by stacking ``preprocess(image)`` when ``preprocess`` is given, else a
+    list of RGB ``PIL.Image``. Decoding and preprocessing happen in ``__getitem__``, that is
+    in the DataLoader workers. Holds no model and no open file, so it pickles cheaply.
+    """
+
+    def __init__(self, root: Path, refs: np.ndarray, ids: np.ndarray, batch_size: int,
+                 preprocess: Callable[[Image.Image], torch.Tensor] | None = None):
+        self.root, self.refs, self.ids = Path(root), refs, np.asarray(ids, dtype=np.int64)
+        self.batch_size, self.preprocess = int(batch_size), preprocess
+
+    def __len__(self) -> int:
+        return (len(self.ids) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, b: int):
+        ids = self.ids[b * self.batch_size:(b + 1) * self.batch_size]
+        ok = np.zeros(len(ids), dtype=bool)
+        images = []
+        for j, item in enumerate(ids):
+            img = _load_image(self.root, str(self.refs[item]))
+            if img is not None and self.preprocess is not None:
+                try:
+                    img = self.preprocess(img)
+                except Exception as err:  # a transform failing on one odd file must not stop the job
+                    log.warning("image of item %d (%s) failed preprocessing (%s): recorded as missing",
+                                item, self.refs[item], err)
+                    img = None
+            if img is not None:
+                images.append(img)
+                ok[j] = True
+        if self.preprocess is not None:
+            images = torch.stack(images) if images else torch.zeros(0)
+        return torch.from_numpy(ids), images, torch.from_numpy(ok)
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+def _count(path: Path) -> tuple[int, int]:
+    """``(stored vectors, missing)`` of a store, read in chunks (never all vectors at once)."""
+    store = FeatureStore(path)
+    try:
+        count = 0
+        for start in range(0, store.num_items, _COUNT_CHUNK):
+            _, mask = store.get_many(np.arange(start, min(start + _COUNT_CHUNK, store.num_items)))
+            count += int(mask.sum())
+        return count, store.num_items - count
+    finally:
+        store.close()
+
+
+def _run(root: Path, name: str, encoder, num_items: int, dtype: str, progress: bool | None,
+         batches: Callable[[np.ndarray], Iterator[tuple[np.ndarray, object, np.ndarray]]],
+         encode: Callable[[object], torch.Tensor]) -> dict:
+    """Shared loop: open/resume the store, encode the batches of not-yet-done ids, register."""
     rel = f"features/{name}.lmdb"
+    weights_hash = getattr(encoder, "weights_hash", "unknown")
     start = time.time()
-    with FeatureStore.create(root / rel, dim=encoder.dim, num_items=num_items, encoder=encoder_id,
-                             dtype=dtype) as writer:
+    processed = 0
+    with FeatureStore.create(root / rel, dim=encoder.dim, num_items=num_items, encoder=encoder.encoder_id,
+                             dtype=dtype, extra={"weights_hash": weights_hash}) as writer:
         todo = np.setdiff1d(np.arange(num_items), writer.done_ids())
         if len(todo) < num_items:
             log.info("%s: resuming, %d of %d items already stored", rel, num_items - len(todo), num_items)
-        for pos in range(0, len(todo), batch_size):
-            ids = todo[pos:pos + batch_size]
-            batch = inputs(ids)
-            ok = np.array([x is not None for x in batch], dtype=bool)
-            if ok.any():
-                with torch.inference_mode():
-                    vectors = encoder([x for x in batch if x is not None])
-                writer.put_many(ids[ok], vectors)
-            writer.put_missing(ids[~ok])
-    store = FeatureStore(root / rel)
-    _, mask = store.bulk()
-    store.close()
-    log.info("%s: %d items encoded, %d missing (%.1fs)", rel, int(mask.sum()), int((~mask).sum()),
-             time.time() - start)
-    return register_feature(root, name, {"path": rel, "dim": encoder.dim, "dtype": dtype,
-                                         "encoder": encoder_id, "count": int(mask.sum()),
-                                         "missing": int((~mask).sum())})
+        bar = tqdm(total=len(todo), desc=f"{name} ({encoder.modality})", unit="item", unit_scale=True,
+                   disable=not _show_progress(progress), dynamic_ncols=True)
+        unusable: list[int] = []
+        stream = batches(todo)
+        try:
+            with torch.inference_mode():
+                for ids, inputs, ok in stream:
+                    if ok.any():
+                        vectors = encode(inputs)  # [ok.sum(), dim]
+                        writer.put_many(ids[ok], vectors.detach().float().cpu())
+                        del vectors
+                    writer.put_missing(ids[~ok])
+                    unusable.extend(ids[~ok][: max(0, 5 - len(unusable))].tolist())
+                    processed += len(ids)
+                    bar.update(len(ids))
+        finally:
+            stream.close()  # stops image workers now, also when encoding raised
+            bar.close()
+    seconds = time.time() - start
+    count, missing = _count(root / rel)
+    log.info("%s: %d items encoded, %d missing%s; this run %d items in %.1fs", rel, count, missing,
+             f" (e.g. items {unusable})" if unusable else "", processed, seconds)
+    return register_feature(root, name, {
+        "path": rel, "dim": int(encoder.dim), "dtype": dtype, "encoder": encoder.encoder_id,
+        "weights_hash": weights_hash, "count": count, "missing": missing,
+        "seconds": round(seconds, 3), "items_per_s": round(processed / seconds, 2) if seconds > 0 else None})
 
 
-def extract_images(root: str | Path, name: str, encoder, batch_size: int = 256,
-                   dtype: str = "float16") -> dict:
-    """Encode ``items.image`` of a prepared dataset into ``features/<name>.lmdb``."""
+def extract_images(root: str | Path, name: str, encoder, batch_size: int = 256, dtype: str = "float16",
+                   num_workers: int = 0, progress: bool | None = None) -> dict:
+    """Encode ``items.image`` of a prepared dataset into ``features/<name>.lmdb``; returns the manifest.
+
+    Args:
+        root: prepared-dataset folder.
+        name: feature name (store ``features/<name>.lmdb``, manifest key).
+        encoder: an image encoder (``dim``, ``encoder_id``, ``__call__(list[PIL.Image])``;
+            with ``preprocess`` + ``encode_tensor`` the resizing runs in the workers too).
+        batch_size: images per batch (one DataLoader sample, one LMDB transaction).
+        dtype: stored value type, ``"float16"`` or ``"float32"``.
+        num_workers: DataLoader worker processes decoding images (0 = in this process).
+        progress: show a tqdm bar (items/s); None = only when stderr is a terminal.
+    """
     root = Path(root)
     ds = load_prepared(root, verify=False)
     refs = ds.items["image"].to_numpy()
-    return _extract(root, name, encoder, lambda ids: [_load_image(root, refs[i]) for i in ids],
-                    ds.num_items, batch_size, dtype, encoder.encoder_id)
+    preprocess = getattr(encoder, "preprocess", None) if hasattr(encoder, "encode_tensor") else None
+    device = getattr(encoder, "device", torch.device("cpu"))
+    on_cuda = torch.device(device).type == "cuda"
+
+    def batches(todo: np.ndarray):
+        loader = DataLoader(ImageBatches(root, refs, todo, batch_size, preprocess), batch_size=None,
+                            shuffle=False, num_workers=num_workers, pin_memory=on_cuda and preprocess is not None,
+                            prefetch_factor=2 if num_workers > 0 else None)
+        it = iter(loader)
+        try:
+            for ids, images, ok in it:
+                yield ids.numpy(), images, ok.numpy()
+        finally:
+            del it  # shuts the workers down now, also when encoding raised
+
+    def encode(images) -> torch.Tensor:
+        return encoder.encode_tensor(images) if preprocess is not None else encoder(images)
+
+    return _run(root, name, encoder, ds.num_items, dtype, progress, batches, encode)
 
 
-def extract_texts(root: str | Path, name: str, encoder, batch_size: int = 256,
-                  dtype: str = "float16") -> dict:
-    """Encode ``items.title + items.text`` into ``features/<name>.lmdb``; empty text is missing."""
+def item_texts(items) -> np.ndarray:
+    """``title + ". " + text`` per item (stripped); ``""`` where both are empty."""
+    return (items["title"].str.strip() + ". " + items["text"].str.strip()).str.strip(". ").to_numpy()
+
+
+def extract_texts(root: str | Path, name: str, encoder, batch_size: int = 256, dtype: str = "float16",
+                  progress: bool | None = None) -> dict:
+    """Encode ``items.title + items.text`` into ``features/<name>.lmdb``; empty text is missing.
+
+    Arguments as :func:`extract_images` (no workers: tokenising is cheap next to the model).
+    """
     root = Path(root)
     ds = load_prepared(root, verify=False)
-    texts = (ds.items["title"].str.strip() + ". " + ds.items["text"].str.strip()).str.strip(". ").to_numpy()
-    return _extract(root, name, encoder, lambda ids: [texts[i] or None for i in ids],
-                    ds.num_items, batch_size, dtype, encoder.encoder_id)
+    texts = item_texts(ds.items)
+
+    def batches(todo: np.ndarray):
+        for pos in range(0, len(todo), batch_size):
+            ids = todo[pos:pos + batch_size]
+            batch = texts[ids]
+            ok = np.array([bool(t) for t in batch], dtype=bool)
+            yield ids, [str(t) for t in batch[ok]], ok
+
+    return _run(root, name, encoder, ds.num_items, dtype, progress, batches, encoder)
