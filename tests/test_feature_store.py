@@ -100,3 +100,38 @@ def test_dataloader_workers_open_their_own_handle(tmp_path, context):
         assert torch.equal(values[0], torch.from_numpy(vectors[i * 5 % 50]))
         pids.add(pid)
     assert store._pid not in pids and len(pids) == 2
+
+
+def test_block_cache_equals_item_path_and_never_goes_stale(tmp_path, monkeypatch):
+    import mmrec.features.store as store_mod
+
+    monkeypatch.setattr(store_mod, "BLOCK_ROWS", 16)  # several blocks, the last one partial
+    path = tmp_path / "b.lmdb"
+    vectors = _write(path, n=50)
+    store = FeatureStore(path)
+    from_blocks = store.bulk()
+    assert store._read_blocks(torch.float32) is not None  # complete store: blocks were written
+    monkeypatch.setattr(FeatureStore, "_read_blocks", lambda self, dtype: None)
+    from_items = store.bulk()
+    monkeypatch.undo()
+    assert torch.equal(from_blocks[0], from_items[0]) and torch.equal(from_blocks[1], from_items[1])
+    half, _ = store.bulk(dtype=None)
+    assert half.dtype == torch.float16 and torch.equal(half.float(), from_items[0])
+    store.close()
+    # a later write (here: item 3 gets a vector) drops the blocks before changing anything
+    with FeatureStore.create(path, dim=8, num_items=50, encoder="test") as w:
+        w.put_many([3], vectors[3:4])
+    store = FeatureStore(path)
+    values, mask = store.bulk()
+    assert bool(mask[3]) and torch.allclose(values[3], torch.from_numpy(vectors[3]), atol=2e-3)
+    store.close()
+
+
+def test_incomplete_store_has_no_blocks(tmp_path):
+    path = tmp_path / "p.lmdb"
+    with FeatureStore.create(path, dim=4, num_items=10, encoder="test") as w:
+        w.put_many([0, 1], np.ones((2, 4), dtype=np.float32))
+    store = FeatureStore(path)
+    assert store._read_blocks(None) is None
+    values, mask = store.bulk()
+    assert mask.tolist() == [True, True] + [False] * 8

@@ -8,6 +8,11 @@ Layout of ``<name>.lmdb`` (an LMDB directory):
   an image that could not be decoded).
 * ``meta`` sub-database: ``b"meta"`` -> JSON with ``dim``, ``dtype``, ``encoder``,
   ``num_items`` (and free-form ``extra``).
+* ``blocks`` sub-database (a read cache written when a writer closes on a *complete* store,
+  every item stored or recorded missing): key = block index (8-byte big-endian), value =
+  ``BLOCK_ROWS`` consecutive rows (missing rows zero-filled); ``meta[b"blocks"]`` holds the
+  presence bitmap. :meth:`FeatureStore.bulk` then reads a few large values instead of one
+  value per item; any later write drops the blocks first, so they never go stale.
 
 Writes happen in batched transactions (:meth:`FeatureStoreWriter.put_many`); each batch
 commits atomically, so an interrupted extraction leaves a consistent store, and
@@ -31,8 +36,12 @@ import torch
 
 _ITEMS_DB = b"items"
 _META_DB = b"meta"
+_BLOCKS_DB = b"blocks"
 _META_KEY = b"meta"
+_BLOCKS_KEY = b"blocks"
+BLOCK_ROWS = 4096
 _DTYPES = {"float16": np.float16, "float32": np.float32}
+_TORCH_DTYPES = {np.float16: torch.float16, np.float32: torch.float32}
 
 
 class FeatureStoreError(RuntimeError):
@@ -67,12 +76,14 @@ class FeatureStoreWriter:
         self._env = lmdb.open(
             str(self.path),
             map_size=_map_size(self.num_items, self.dim, np.dtype(self.np_dtype).itemsize),
-            max_dbs=2,
+            max_dbs=3,
             subdir=True,
             sync=True,
         )
         self._meta_db = self._env.open_db(_META_DB)
         self._items_db = self._env.open_db(_ITEMS_DB)
+        self._blocks_db = self._env.open_db(_BLOCKS_DB)
+        self._blocks_dropped = False
         with self._env.begin(write=True) as txn:
             stored = txn.get(_META_KEY, db=self._meta_db)
             if stored is None:
@@ -113,6 +124,7 @@ class FeatureStoreWriter:
         rowbytes = self.dim * data.itemsize
         buf = data.tobytes()
         items = [(k, buf[j * rowbytes:(j + 1) * rowbytes]) for j, k in enumerate(_keys(ids))]
+        self._drop_blocks()
         with self._env.begin(write=True) as txn:
             txn.cursor(db=self._items_db).putmulti(items, overwrite=True)
 
@@ -122,8 +134,45 @@ class FeatureStoreWriter:
         if ids.size == 0:
             return
         self._check_ids(ids)
+        self._drop_blocks()
         with self._env.begin(write=True) as txn:
             txn.cursor(db=self._items_db).putmulti([(k, b"") for k in _keys(ids)], overwrite=True)
+
+    def _drop_blocks(self) -> None:
+        """Remove the block cache before the first write of this session (it would go stale)."""
+        if self._blocks_dropped:
+            return
+        with self._env.begin(write=True) as txn:
+            txn.drop(self._blocks_db, delete=False)
+            txn.delete(_BLOCKS_KEY, db=self._meta_db)
+        self._blocks_dropped = True
+
+    def _write_blocks(self) -> None:
+        """Build the block cache if every item has an entry (see the module docstring)."""
+        rowbytes = self.dim * np.dtype(self.np_dtype).itemsize
+        with self._env.begin() as txn:
+            if txn.stat(self._items_db)["entries"] != self.num_items:
+                return
+            if txn.get(_BLOCKS_KEY, db=self._meta_db) is not None:
+                return  # already built and nothing written since
+            mask = np.zeros(self.num_items, dtype=bool)
+            blocks = []
+            cursor = txn.cursor(db=self._items_db)
+            for start in range(0, self.num_items, BLOCK_ROWS):
+                rows = min(BLOCK_ROWS, self.num_items - start)
+                block = bytearray(rows * rowbytes)
+                cursor.set_key(_key(start))
+                for j, value in enumerate(cursor.iternext(keys=False, values=True)):
+                    if j == rows:
+                        break
+                    if len(value) == rowbytes:
+                        block[j * rowbytes:(j + 1) * rowbytes] = value
+                        mask[start + j] = True
+                blocks.append((_key(start // BLOCK_ROWS), bytes(block)))
+        with self._env.begin(write=True) as txn:
+            txn.cursor(db=self._blocks_db).putmulti(blocks, overwrite=True)
+            txn.put(_BLOCKS_KEY, json.dumps({"rows": BLOCK_ROWS, "present": int(mask.sum())}).encode()
+                    + b"\n" + np.packbits(mask).tobytes(), db=self._meta_db)
 
     def _check_ids(self, ids: np.ndarray) -> None:
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_items):
@@ -133,6 +182,7 @@ class FeatureStoreWriter:
             )
 
     def close(self) -> None:
+        self._write_blocks()
         self._env.sync()
         self._env.close()
 
@@ -199,7 +249,7 @@ class FeatureStore:
                 # registry would refuse a second open of the path. Closing the child's copy
                 # (read-only, lock-free) unmaps only the child's view; the parent keeps its own.
                 self._env.close()
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, max_dbs=2,
+            self._env = lmdb.open(str(self.path), readonly=True, lock=False, max_dbs=3,
                                   readahead=False, subdir=True)
             self._db = self._env.open_db(_ITEMS_DB, create=False)
             self._pid = pid
@@ -249,22 +299,69 @@ class FeatureStore:
             out[mask] = present
         return torch.from_numpy(out), torch.from_numpy(mask)
 
-    def bulk(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All vectors at once: ``(values [num_items, dim] float32, mask [num_items] bool)``."""
+    def bulk(self, dtype: torch.dtype | None = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """All vectors at once: ``(values [num_items, dim], mask [num_items] bool)``.
+
+        ``dtype``: of the returned values (``None``: the stored type, e.g. float16, which
+        skips a conversion pass; convert on the device instead). A complete store (every item
+        present, in key order) is decoded with one join and one ``frombuffer``.
+        """
+        blocks = self._read_blocks(dtype)
+        if blocks is not None:
+            return blocks
         env = self._open()
         with env.begin(buffers=False) as txn:
-            pairs = list(txn.cursor(db=self._db).iternext(keys=True, values=True))
-        if not pairs:
-            return torch.zeros(self.num_items, self.dim), torch.zeros(self.num_items, dtype=torch.bool)
-        keys, values = zip(*pairs)
+            cursor = txn.cursor(db=self._db)
+            keys = list(cursor.iternext(keys=True, values=False))
+            values = list(cursor.iternext(keys=False, values=True)) if cursor.first() else []
+        out_dtype = dtype or _TORCH_DTYPES[self._np_dtype]
+        rowbytes = self.dim * np.dtype(self._np_dtype).itemsize
+        if not values:
+            return torch.zeros(self.num_items, self.dim, dtype=out_dtype), torch.zeros(self.num_items, dtype=torch.bool)
+        blob = b"".join(values)
+        if len(values) == self.num_items and len(blob) == self.num_items * rowbytes:
+            # complete and (keys are sorted big-endian 0..n-1) in item order: no scatter needed
+            ids = np.frombuffer(b"".join(keys), dtype=">u8")
+            if ids[0] == 0 and ids[-1] == self.num_items - 1:
+                arr = np.frombuffer(bytearray(blob), dtype=self._np_dtype).reshape(self.num_items, self.dim)
+                return torch.from_numpy(arr).to(out_dtype), torch.ones(self.num_items, dtype=torch.bool)
         ids = np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
-        vals, mask = self._decode(ids, list(values))
-        full = torch.zeros(self.num_items, self.dim)
+        vals, mask = self._decode(ids, values)
+        full = torch.zeros(self.num_items, self.dim, dtype=out_dtype)
         full_mask = torch.zeros(self.num_items, dtype=torch.bool)
         idx = torch.from_numpy(ids)
-        full[idx] = vals
+        full[idx] = vals.to(out_dtype)
         full_mask[idx] = mask
         return full, full_mask
+
+    def _read_blocks(self, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``bulk()`` from the block cache, or ``None`` when the store has none."""
+        env = self._open()
+        try:
+            meta_db = env.open_db(_META_DB, create=False)
+            blocks_db = env.open_db(_BLOCKS_DB, create=False)
+        except lmdb.Error:  # a store written before blocks existed
+            return None
+        rowbytes = self.dim * np.dtype(self._np_dtype).itemsize
+        arr = np.empty((self.num_items, self.dim), dtype=self._np_dtype)
+        dest = arr.reshape(-1).view(np.uint8)
+        with env.begin(buffers=True) as txn:
+            raw = txn.get(_BLOCKS_KEY, db=meta_db)
+            if raw is None:
+                return None
+            header, bitmap = bytes(raw).split(b"\n", 1)
+            offset = 0
+            for value in txn.cursor(db=blocks_db).iternext(keys=False, values=True):  # ~n/4096 values
+                size = len(value)
+                if offset + size > dest.size:
+                    return None
+                dest[offset:offset + size] = np.frombuffer(value, dtype=np.uint8)  # one copy out of the map
+                offset += size
+        if offset != self.num_items * rowbytes:
+            return None
+        mask = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), count=self.num_items).astype(bool)
+        out_dtype = dtype or _TORCH_DTYPES[self._np_dtype]
+        return torch.from_numpy(arr).to(out_dtype), torch.from_numpy(mask)
 
     def get_many(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors for a batch of item ids: ``(values [n, dim] float32, mask [n] bool)``."""
@@ -274,7 +371,8 @@ class FeatureStore:
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_items):
             raise FeatureStoreError(f"{self.path}: item ids must lie in [0, {self.num_items})")
         env = self._open()
+        keys = _keys(ids)
         with env.begin(buffers=False) as txn:
-            found = dict(txn.cursor(db=self._db).getmulti(_keys(ids)))
-        values = [found.get(k, b"") for k in _keys(ids)]
+            found = dict(txn.cursor(db=self._db).getmulti(keys))
+        values = [found.get(k, b"") for k in keys]
         return self._decode(ids, values)
