@@ -5,6 +5,8 @@ Usage (from the repository root):
     python experiments/bench_models.py --dataset demo             # 3 seeds per model
     python experiments/bench_models.py --dataset ml100k           # prepares ml100k first (encoder=offline)
     python experiments/bench_models.py --dataset demo --seeds 0   # quick
+    python experiments/bench_models.py --dataset ml100k --models lightgcn freedom \
+        --samplers uniform dns popularity in_batch mixgcf           # samplers: quality and cost
 
 Each run: `python -m mmrec.train dataset=<d> model=<m> seed=<s>` with the model's default
 fusion, early stopping on validation Recall@20, the test split evaluated once on the
@@ -57,35 +59,38 @@ def prepare_ml100k() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _name(dataset: str, model: str, fusion: str, seed: int) -> str:
-    return f"{dataset}_{model}_{fusion}_s{seed}"
+def _name(dataset: str, model: str, fusion: str, sampler: str, seed: int) -> str:
+    return f"{dataset}_{model}_{fusion}_{sampler}_s{seed}"
 
 
-def collect(dataset: str, seeds: list[int]) -> dict[str, list[dict]]:
-    """Completed runs of ``MODELS`` x ``seeds`` found under logs/bench (for --report-only)."""
+def collect(dataset: str, rows: list[tuple[str, str, str]], seeds: list[int]) -> dict[str, list[dict]]:
+    """Completed runs of ``rows`` x ``seeds`` found under logs/bench (for --report-only)."""
     results = {}
-    for model, fusion in MODELS:
+    for model, fusion, sampler in rows:
         runs = []
         for seed in seeds:
-            path = OUT / _name(dataset, model, fusion, seed) / "metrics.json"
+            path = OUT / _name(dataset, model, fusion, sampler, seed) / "metrics.json"
             if path.exists():
                 runs.append(json.loads(path.read_text()))
         if runs:
-            results[f"{model}/{fusion}"] = runs
+            results[f"{model}/{fusion}/{sampler}"] = runs
     return results
 
 
-def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note: str = "") -> str:
-    lines = [f"## All models on {dataset}", "",
-             f"- Command: `python experiments/bench_models.py --dataset {dataset} --seeds {' '.join(map(str, seeds))}`",
+def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note: str = "",
+           command: str = "") -> str:
+    title = f"All models on {dataset}" if all(k.endswith("/uniform") for k in results) else \
+        f"Negative samplers on {dataset}"
+    lines = [f"## {title}", "",
+             f"- Command: `python experiments/bench_models.py {command}`",
              f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
              f"- {DESCRIPTION[dataset]} Defaults of each model config; mean ± std over the seeds each row lists; "
              "negatives drawn from items with a training interaction only. s/epoch = median training epoch; "
              "RSS = the run's peak.", "",
-             "| model | fusion | seeds | val R@20 | test R@20 | test NDCG@20 | test warm R@20 | test cold R@20 | epochs to best | s/epoch | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | fusion | sampler | seeds | val R@20 | test R@20 | test NDCG@20 | test warm R@20 | test cold R@20 | epochs to best | s/epoch | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, runs in results.items():
-        model, fusion = key.split("/")
+        model, fusion, sampler = key.split("/")
 
         def col(name: str) -> str:
             vals = [r["metrics"][name] for r in runs if name in r["metrics"]]
@@ -94,7 +99,7 @@ def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note:
         best = statistics.mean(r["best_epoch"] for r in runs)
         epoch_s = statistics.median(r["perf"]["train_epoch_s_median"] for r in runs)
         rss = max(r["perf"]["peak_rss_mb"] for r in runs)
-        lines.append(f"| {model} | {fusion} | {len(runs)} | {col('val/recall@20')} | {col('test/recall@20')} | "
+        lines.append(f"| {model} | {fusion} | {sampler} | {len(runs)} | {col('val/recall@20')} | {col('test/recall@20')} | "
                      f"{col('test/ndcg@20')} | {col('test/warm/recall@20')} | {col('test/cold/recall@20')} | "
                      f"{best:.0f} | {epoch_s:.2f} | {rss:.0f} |")
     return "\n".join(lines) + "\n" + (("\n" + note) if note else "")
@@ -105,6 +110,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DESCRIPTION), default="demo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=None, help="subset, e.g. lightgcn vbpr")
+    parser.add_argument("--samplers", nargs="+", default=["uniform"], help="conf/sampler choices")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from completed runs")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -114,24 +120,26 @@ def main() -> None:
         (OUT / "ml100k_prepare.md").write_text(note)
     elif args.dataset == "ml100k" and (OUT / "ml100k_prepare.md").exists():
         note = (OUT / "ml100k_prepare.md").read_text()
-    models = [(m, f) for m, f in MODELS if args.models is None or m in args.models]
+    rows = [(m, f, smp) for m, f in MODELS if args.models is None or m in args.models for smp in args.samplers]
+    section = f"models_{args.dataset}" if args.samplers == ["uniform"] else f"samplers_{args.dataset}"
     if args.report_only:
-        results = collect(args.dataset, args.seeds)
+        results = collect(args.dataset, rows, args.seeds)
     else:
         results = {}
-        for model, fusion in models:
+        for model, fusion, sampler in rows:
             runs = []
             for seed in args.seeds:
-                rec = run_train(_name(args.dataset, model, fusion, seed),
-                                [f"dataset={args.dataset}", f"model={model}", f"fusion={fusion}", f"seed={seed}",
-                                 "logger=none"])
+                rec = run_train(_name(args.dataset, model, fusion, sampler, seed),
+                                [f"dataset={args.dataset}", f"model={model}", f"fusion={fusion}",
+                                 f"sampler={sampler}", f"seed={seed}", "logger=none"])
                 runs.append(rec)
-                print(model, fusion, seed, {k: round(v, 4) for k, v in rec["metrics"].items()
-                                            if "recall@20" in k}, flush=True)
-            results[f"{model}/{fusion}"] = runs
-        (OUT / f"models_{args.dataset}.json").write_text(json.dumps(results, indent=1))
-    text = report(args.dataset, results, args.seeds, note)
-    write_section(f"models_{args.dataset}", text)
+                print(model, fusion, sampler, seed, {k: round(v, 4) for k, v in rec["metrics"].items()
+                                                     if "recall@20" in k}, flush=True)
+            results[f"{model}/{fusion}/{sampler}"] = runs
+        (OUT / f"{section}.json").write_text(json.dumps(results, indent=1))
+    command = " ".join(a for a in sys.argv[1:] if a != "--report-only")
+    text = report(args.dataset, results, args.seeds, note if section.startswith("models") else "", command)
+    write_section(section, text)
     print(text)
 
 
