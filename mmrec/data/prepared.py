@@ -13,7 +13,9 @@ A prepared dataset is a folder::
       images/                optional image cache
 
 ``manifest.json`` records the format version, counts, the split rule, one entry per
-feature store (path, dim, dtype, encoder, count, missing) and a SHA-256 per table file,
+feature store (path, dim, dtype, encoder id, weights_hash, count, missing, seconds,
+items_per_s), optionally ``expected_features`` (written by ``mmrec.prepare`` before its
+feature stages, so training refuses a half-extracted dataset) and a SHA-256 per table file,
 which :func:`load_prepared` verifies, so a truncated or edited file is caught before
 training rather than producing quietly wrong numbers.
 """
@@ -133,7 +135,8 @@ def write_prepared(
 
 
 def register_feature(root: str | os.PathLike, name: str, entry: dict) -> dict:
-    """Add/replace one feature entry (path, dim, dtype, encoder, count, missing) in the manifest."""
+    """Add/replace one feature entry (path, dim, dtype, encoder, weights_hash, count, missing,
+    seconds, items_per_s) in the manifest."""
     root = Path(root)
     manifest = read_manifest(root)
     manifest["features"][name] = entry
