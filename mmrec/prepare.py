@@ -22,7 +22,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.data.prepared import DatasetError, read_manifest, write_manifest
+from mmrec.data.prepared import DatasetError, is_prepared, read_manifest, write_manifest
 from mmrec.data.stages import Stage, format_summary, run_stages
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,13 @@ def prepare(cfg: DictConfig) -> list[dict]:
     source = instantiate(cfg.dataset.source)
     opts = cfg.prepare
     if not hasattr(source, "stages"):  # single-step sources (demo generator, MMRec import)
-        stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))},
-                        lambda: (source.prepare(root), {})[1])]
+        def single_step() -> dict:
+            if is_prepared(root) and "tables" not in (opts.force or []):
+                return {"existing": "already prepared"}  # e.g. by a training run
+            source.prepare(root)
+            return {}
+
+        stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))}, single_step)]
         makes_features = bool(getattr(source, "makes_features", False))
     else:
         stages = list(source.stages(root))

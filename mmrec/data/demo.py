@@ -93,6 +93,9 @@ class DemoSource:
         seed: the one seed of the generator.
     """
 
+    # features come with the source (generated / imported .npy), not from the encoder group
+    makes_features = True
+
     def __init__(self, num_users: int = 1000, num_items: int = 800, num_styles: int = 12,
                  styles_per_user: int = 2, interactions_per_user: int = 20,
                  noise_share: float = 0.1, popularity_exponent: float = 0.8,

@@ -100,6 +100,9 @@ class MMRecSource:
         feature_dtype: storage dtype of imported features ("float16" or "float32").
     """
 
+    # features come with the source (generated / imported .npy), not from the encoder group
+    makes_features = True
+
     def __init__(self, path: str, name: str,
                  feature_files: dict[str, str] | None = None, feature_dtype: str = "float16"):
         self.path = Path(path)

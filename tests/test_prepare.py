@@ -1,0 +1,24 @@
+"""mmrec.prepare on single-step sources: the source's own features, no encoder, no re-generation."""
+
+from __future__ import annotations
+
+from mmrec.data.prepared import load_prepared
+from mmrec.prepare import prepare
+
+from conftest import SMALL_DEMO, compose_cfg
+
+
+def test_demo_prepares_once_with_its_own_features(tmp_path):
+    # the default encoder (clip_minilm) would need the hub: it must not be used for the demo
+    cfg = compose_cfg([f"paths.data_dir={tmp_path}", "prepare.progress=false", *SMALL_DEMO], config_name="prepare")
+    first = prepare(cfg)
+    assert [r["stage"] for r in first] == ["tables"] and first[0]["status"] == "ran"
+    ds = load_prepared(cfg.dataset.root)
+    assert set(ds.feature_entries) == {"image", "text"}
+    stamp = (ds.root / "manifest.json").stat().st_mtime_ns
+    again = prepare(cfg)
+    assert again[0]["status"] == "skipped"
+    (ds.root / "work" / "stages.json").unlink()  # e.g. prepared earlier by a training run
+    third = prepare(cfg)
+    assert third[0]["summary"] == {"existing": "already prepared"}
+    assert (ds.root / "manifest.json").stat().st_mtime_ns == stamp  # nothing regenerated
