@@ -59,17 +59,17 @@ def prepare_ml100k() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _name(dataset: str, model: str, fusion: str, sampler: str, seed: int) -> str:
-    return f"{dataset}_{model}_{fusion}_{sampler}_s{seed}"
+def _name(dataset: str, model: str, fusion: str, sampler: str, seed: int, tag: str = "") -> str:
+    return f"{dataset}_{model}_{fusion}_{sampler}{'_' + tag if tag else ''}_s{seed}"
 
 
-def collect(dataset: str, rows: list[tuple[str, str, str]], seeds: list[int]) -> dict[str, list[dict]]:
+def collect(dataset: str, rows: list[tuple[str, str, str]], seeds: list[int], tag: str = "") -> dict[str, list[dict]]:
     """Completed runs of ``rows`` x ``seeds`` found under logs/bench (for --report-only)."""
     results = {}
     for model, fusion, sampler in rows:
         runs = []
         for seed in seeds:
-            path = OUT / _name(dataset, model, fusion, sampler, seed) / "metrics.json"
+            path = OUT / _name(dataset, model, fusion, sampler, seed, tag) / "metrics.json"
             if path.exists():
                 runs.append(json.loads(path.read_text()))
         if runs:
@@ -81,6 +81,7 @@ def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note:
            command: str = "") -> str:
     title = f"All models on {dataset}" if all(k.endswith("/uniform") for k in results) else \
         f"Negative samplers on {dataset}"
+    title += f" ({command.split('--tag ')[1].split()[0]})" if "--tag " in command else ""
     lines = [f"## {title}", "",
              f"- Command: `python experiments/bench_models.py {command}`",
              f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=None, help="subset, e.g. lightgcn vbpr")
     parser.add_argument("--samplers", nargs="+", default=["uniform"], help="conf/sampler choices")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
+    parser.add_argument("--tag", default="", help="names the runs and the RESULTS section of an --extra variant")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from completed runs")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -122,23 +125,26 @@ def main() -> None:
         note = (OUT / "ml100k_prepare.md").read_text()
     rows = [(m, f, smp) for m, f in MODELS if args.models is None or m in args.models for smp in args.samplers]
     section = f"models_{args.dataset}" if args.samplers == ["uniform"] else f"samplers_{args.dataset}"
+    section += f"_{args.tag}" if args.tag else ""
     if args.report_only:
-        results = collect(args.dataset, rows, args.seeds)
+        results = collect(args.dataset, rows, args.seeds, args.tag)
     else:
         results = {}
         for model, fusion, sampler in rows:
             runs = []
             for seed in args.seeds:
-                rec = run_train(_name(args.dataset, model, fusion, sampler, seed),
+                rec = run_train(_name(args.dataset, model, fusion, sampler, seed, args.tag),
                                 [f"dataset={args.dataset}", f"model={model}", f"fusion={fusion}",
-                                 f"sampler={sampler}", f"seed={seed}", "logger=none"])
+                                 f"sampler={sampler}", f"seed={seed}", "logger=none", *args.extra])
                 runs.append(rec)
                 print(model, fusion, sampler, seed, {k: round(v, 4) for k, v in rec["metrics"].items()
                                                      if "recall@20" in k}, flush=True)
             results[f"{model}/{fusion}/{sampler}"] = runs
         (OUT / f"{section}.json").write_text(json.dumps(results, indent=1))
     command = " ".join(a for a in sys.argv[1:] if a != "--report-only")
-    text = report(args.dataset, results, args.seeds, note if section.startswith("models") else "", command)
+    text = report(args.dataset, results, args.seeds, note if section == f"models_{args.dataset}" else "", command)
+    if args.extra:
+        text = text.replace("Defaults of each model config;", f"Each model's defaults plus `{' '.join(args.extra)}`;")
     write_section(section, text)
     print(text)
 
