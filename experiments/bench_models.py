@@ -110,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DESCRIPTION), default="demo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", nargs="+", default=None, help="subset, e.g. lightgcn vbpr")
+    parser.add_argument("--models", nargs="+", default=None, help="subset, e.g. lightgcn vbpr/concat")
     parser.add_argument("--samplers", nargs="+", default=["uniform"], help="conf/sampler choices")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     parser.add_argument("--tag", default="", help="names the runs and the RESULTS section of an --extra variant")
@@ -123,7 +123,8 @@ def main() -> None:
         (OUT / "ml100k_prepare.md").write_text(note)
     elif args.dataset == "ml100k" and (OUT / "ml100k_prepare.md").exists():
         note = (OUT / "ml100k_prepare.md").read_text()
-    rows = [(m, f, smp) for m, f in MODELS if args.models is None or m in args.models for smp in args.samplers]
+    rows = [(m, f, smp) for m, f in MODELS if args.models is None or m in args.models or f"{m}/{f}" in args.models
+            for smp in args.samplers]
     section = f"models_{args.dataset}" if args.samplers == ["uniform"] else f"samplers_{args.dataset}"
     section += f"_{args.tag}" if args.tag else ""
     if args.report_only:
