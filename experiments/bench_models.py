@@ -5,7 +5,7 @@ Usage (from the repository root):
     python experiments/bench_models.py --dataset demo             # 3 seeds per model
     python experiments/bench_models.py --dataset ml100k           # prepares ml100k first (encoder=offline)
     python experiments/bench_models.py --dataset demo --seeds 0   # quick
-    python experiments/bench_models.py --dataset ml100k --models lightgcn freedom \
+    python experiments/bench_models.py --dataset ml100k --models lightgcn vbpr/concat \
         --samplers uniform dns popularity in_batch mixgcf           # samplers: quality and cost
 
 Each run: `python -m mmrec.train dataset=<d> model=<m> seed=<s>` with the model's default
