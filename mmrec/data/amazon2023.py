@@ -63,7 +63,7 @@ TEXT_FIELDS = ("features", "description", "categories", "store")
 def dedupe_earliest(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Indices of the earliest interaction of every distinct (user, item) pair (ties: first in file)."""
     pair = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
-    order = np.lexsort((np.arange(len(ts)), ts, pair))  # by pair, then time, then file order
+    order = np.lexsort((ts, pair))  # by pair, then time; lexsort is stable: ties keep file order
     first = np.ones(len(order), dtype=bool)
     first[1:] = pair[order][1:] != pair[order][:-1]
     return np.sort(order[first])

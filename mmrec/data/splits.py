@@ -46,18 +46,21 @@ def kcore(users: np.ndarray, items: np.ndarray, k: int, max_rounds: int = 1000) 
     if k <= 1:
         return keep, rounds
     n_u, n_i = int(users.max(initial=-1)) + 1, int(items.max(initial=-1)) + 1
+    rows = np.arange(len(users))  # surviving rows: each round works on fewer
+    u, i = users, items
     for _ in range(max_rounds):
-        u_deg = np.bincount(users[keep], minlength=n_u)
-        i_deg = np.bincount(items[keep], minlength=n_i)
-        bad = keep & ((u_deg[users] < k) | (i_deg[items] < k))
-        if not bad.any():
+        u_deg = np.bincount(u, minlength=n_u)
+        i_deg = np.bincount(i, minlength=n_i)
+        ok = (u_deg[u] >= k) & (i_deg[i] >= k)
+        if ok.all():
             break
-        keep &= ~bad
-        rounds.append({"interactions": int(keep.sum()),
-                       "users": int(np.count_nonzero(np.bincount(users[keep], minlength=n_u))),
-                       "items": int(np.count_nonzero(np.bincount(items[keep], minlength=n_i)))})
+        rows, u, i = rows[ok], u[ok], i[ok]
+        rounds.append({"interactions": int(len(rows)), "users": int(np.count_nonzero(np.bincount(u, minlength=n_u))),
+                       "items": int(np.count_nonzero(np.bincount(i, minlength=n_i)))})
     else:
         raise RuntimeError(f"k-core with k={k} did not converge in {max_rounds} rounds")
+    keep[:] = False
+    keep[rows] = True
     return keep, rounds
 
 
