@@ -303,8 +303,8 @@ class FeatureStore:
         """All vectors at once: ``(values [num_items, dim], mask [num_items] bool)``.
 
         ``dtype``: of the returned values (``None``: the stored type, e.g. float16, which
-        skips a conversion pass; convert on the device instead). A complete store (every item
-        present, in key order) is decoded with one join and one ``frombuffer``.
+        skips a conversion pass; convert on the device instead). A complete store is read from
+        its block cache; otherwise item by item.
         """
         blocks = self._read_blocks(dtype)
         if blocks is not None:
@@ -315,16 +315,8 @@ class FeatureStore:
             keys = list(cursor.iternext(keys=True, values=False))
             values = list(cursor.iternext(keys=False, values=True)) if cursor.first() else []
         out_dtype = dtype or _TORCH_DTYPES[self._np_dtype]
-        rowbytes = self.dim * np.dtype(self._np_dtype).itemsize
         if not values:
             return torch.zeros(self.num_items, self.dim, dtype=out_dtype), torch.zeros(self.num_items, dtype=torch.bool)
-        blob = b"".join(values)
-        if len(values) == self.num_items and len(blob) == self.num_items * rowbytes:
-            # complete and (keys are sorted big-endian 0..n-1) in item order: no scatter needed
-            ids = np.frombuffer(b"".join(keys), dtype=">u8")
-            if ids[0] == 0 and ids[-1] == self.num_items - 1:
-                arr = np.frombuffer(bytearray(blob), dtype=self._np_dtype).reshape(self.num_items, self.dim)
-                return torch.from_numpy(arr).to(out_dtype), torch.ones(self.num_items, dtype=torch.bool)
         ids = np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
         vals, mask = self._decode(ids, values)
         full = torch.zeros(self.num_items, self.dim, dtype=out_dtype)
