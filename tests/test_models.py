@@ -80,6 +80,27 @@ def test_content_models_score_cold_items_from_content(graph, features):
         assert not torch.allclose(before[14], after[14]), type(model).__name__
 
 
+def test_untrained_id_embedding_of_a_cold_item_is_not_scored(graph, features):
+    # Item 14 has no training interaction: its own ID embedding is never trained, so it must
+    # not enter its representation (warm items' must).
+    keep = graph.edge_index[1] != 14
+    cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
+    warm = int(cold_graph.edge_index[1][0])
+    assert not cold_graph.item_known[14] and cold_graph.item_known[warm]
+    for model in _models(features):
+        model.eval()
+        name = type(model).__name__
+        with torch.no_grad():
+            _, before = model(cold_graph, features)
+            ids = model.ego_embeddings()[1]
+            ids[14] += 3.0
+            _, after = model(cold_graph, features)
+            assert torch.allclose(before[14], after[14]), name
+            ids[warm] += 3.0
+            _, after_warm = model(cold_graph, features)
+            assert not torch.allclose(after[warm], after_warm[warm]), name
+
+
 def test_lightgcn_zero_layers_is_matrix_factorisation(graph):
     model = LightGCN(U, I, embedding_dim=D, num_layers=0)
     user_emb, item_emb = model(graph)
@@ -182,8 +203,9 @@ def test_freedom_cold_item_gets_its_content_neighbours(graph, features):
     ego = model.item_embedding.weight
     neighbours = model.ii_adj.to_dense()[14]
     assert (neighbours > 0).sum() >= 3
-    # No user-item edges: the LightGCN part is the ego embedding / (L + 1).
-    expected = ego[14] / 3 + neighbours @ ego
+    # No user-item edges: the LightGCN part is 0 (its own ID is untrained), the item-item
+    # part is its content neighbours' (trained) IDs.
+    expected = neighbours @ ego
     assert torch.allclose(item_emb[14], expected, atol=1e-6)
 
 

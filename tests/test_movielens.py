@@ -53,3 +53,30 @@ def test_train_on_ml100k_fast_dev_run(ml100k, make_cfg):
                     "+trainer.fast_dev_run=true", "logger=none"], small=False)
     metrics, objects = train(run)
     assert objects["datamodule"].features.dims == {"image": 64, "text": 64}
+
+
+def test_ml100k_cold_holds_out_a_tenth_of_the_movies(tmp_path):
+    import numpy as np
+
+    from mmrec.data.mmrec_format import read_inter
+
+    path = shared_path("ml100k-mm")
+    cfg = compose_cfg(["dataset=ml100k_cold", "encoder=simple", f"paths.data_dir={tmp_path}",
+                       f"dataset.source.path={path}", "dataset.source.progress=false", "prepare.progress=false",
+                       "dataset.source.images.enabled=false"], config_name="prepare")
+    records = prepare(cfg)
+    ds = load_prepared(cfg.dataset.root)
+    given = read_inter(path / "ml100k.inter")
+    inter = ds.interactions.sort_values(["user", "item"]).reset_index(drop=True)
+    given = given.sort_values(["user", "item"]).reset_index(drop=True)
+    assert len(inter) == len(given) == 100000
+    train_items = set(inter.loc[inter["split"] == 0, "item"])
+    moved = inter["split"].to_numpy() != given["split"].to_numpy()
+    held = set(np.unique(inter["item"].to_numpy()[moved]))
+    assert held and not held & train_items  # held-out movies never occur in training
+    assert (inter.loc[moved, "split"] != 0).all()  # nothing moves into training
+    assert (inter.loc[given["split"] != 0, "split"] != 0).all()
+    assert (given.loc[moved, "split"] == 0).any()
+    items = next(r["summary"] for r in records if r["stage"] == "items")
+    assert items["held_out_items"] == 168  # round(0.1 * 1682)
+    assert ds.manifest["split"]["cold_items"] == 0.1

@@ -125,3 +125,26 @@ def test_best_epoch_parsed_from_versioned_checkpoint_names():
     assert _epoch_of("/x/checkpoints/epoch_044.ckpt") == 44
     assert _epoch_of("/x/checkpoints/epoch_044-v1.ckpt") == 44
     assert _epoch_of("/x/checkpoints/last.ckpt") is None and _epoch_of(None) is None
+
+
+def test_id_only_model_ranks_cold_items_last(make_cfg):
+    import torch
+
+    from mmrec.train import build
+
+    for model, expect_unknown in (("lightgcn", True), ("vbpr", False)):
+        module = build(make_cfg([f"model={model}", "logger=none"]))["module"]
+        cold = module.train_matrix.item_degree() == 0
+        assert cold.any(), "the demo holds items out of training"
+        unknown = module.unrankable_items()
+        assert (unknown is not None) == expect_unknown
+        with torch.no_grad():
+            user_emb, item_emb = module()
+        users = torch.arange(module.train_matrix.num_users)
+        top, scores = module.rank(user_emb, item_emb, users, [module.train_matrix], 50, unknown)
+        if expect_unknown:
+            assert torch.equal(unknown.cpu(), cold)
+            assert not cold[top].any()  # never recommended: nothing is known about them
+            assert torch.isinf(scores[:, cold]).all()
+        else:
+            assert torch.isfinite(scores[:, cold]).all()  # content models score them

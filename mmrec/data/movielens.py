@@ -7,6 +7,11 @@ validated, resized and cached in ``images/`` (466 of 1,682 movies have one: the 
 real missing-image case, recorded and masked).
 
 Stages: ``items`` (interactions + item table) -> ``images`` -> ``tables``.
+
+``cold_items`` (default 0: the given split unchanged) moves every interaction of a random
+share of the movies out of training, half of them to validation and half to test
+(:func:`mmrec.data.splits.hold_out_cold_items`): the given split has only 25 cold test
+interactions, too few to measure whether content carries cold items (``dataset=ml100k_cold``).
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from mmrec.data.itemtable import ImageOptions, atomic_parquet, run_image_stage, write_tables
 from mmrec.data.mmrec_format import _read_mapping, read_inter
 from mmrec.data.prepared import DatasetError
+from mmrec.data.splits import TRAIN, hold_out_cold_items
 from mmrec.data.stages import Stage, run_stages
 from mmrec.data.text import clean_text
 
@@ -48,22 +55,29 @@ class MovieLens100kSource:
         text_fields: ``items.csv`` columns joined into the item text.
         images: validation / resizing options for the posters (they are local files).
         progress: progress bars.
+        cold_items: share of movies held out of training entirely (0: the given split).
+        cold_seed: seed choosing the held-out movies and their validation/test side.
     """
 
     def __init__(self, path: str, text_fields: Sequence[str] = TEXT_FIELDS, images: ImageOptions | None = None,
-                 progress: bool = True):
+                 progress: bool = True, cold_items: float = 0.0, cold_seed: int = 0):
+        if not 0.0 <= cold_items < 1.0:
+            raise ValueError(f"cold_items must be a share in [0, 1), got {cold_items}")
         self.path = Path(path)
         self.text_fields = tuple(text_fields)
         self.images = images or ImageOptions(workers=2)
         self.progress = progress
+        self.cold_items = float(cold_items)
+        self.cold_seed = int(cold_seed)
 
     def describe(self) -> dict:
         return {"type": "ml100k", "path": str(self.path), "text_fields": list(self.text_fields),
-                "images": self.images.as_dict()}
+                "images": self.images.as_dict(), "cold_items": self.cold_items, "cold_seed": self.cold_seed}
 
     def stages(self, root: str | Path) -> list[Stage]:
         root = Path(root)
-        return [Stage("items", {"text_fields": list(self.text_fields)}, lambda: self._items(root)),
+        return [Stage("items", {"text_fields": list(self.text_fields), "cold_items": self.cold_items,
+                                "cold_seed": self.cold_seed}, lambda: self._items(root)),
                 Stage("images", self.images.as_dict(), lambda: self._images(root)),
                 Stage("tables", {}, lambda: self._tables(root))]
 
@@ -92,11 +106,19 @@ class MovieLens100kSource:
                               "text": [movie_text(r, self.text_fields) for r in records],
                               "image_urls": [json.dumps([str(p)] if p.exists() else []) for p in posters]})
         num_users = int(inter["user"].max() + 1)
+        cold = 0
+        if self.cold_items:
+            split, cold_mask = hold_out_cold_items(inter["item"].to_numpy(), inter["split"].to_numpy(),
+                                                   self.cold_items, num_items, self.cold_seed)
+            inter["split"] = split.astype(inter["split"].dtype)
+            cold = int(cold_mask.sum())
         work = root / "work"
         atomic_parquet(inter, work / "interactions.parquet")
         atomic_parquet(items, work / "items.parquet")
         atomic_parquet(pd.DataFrame({"user": range(num_users)}), work / "users.parquet")
+        train_items = np.unique(inter["item"].to_numpy()[inter["split"].to_numpy() == TRAIN])
         return {"users": num_users, "items": num_items, "interactions": len(inter),
+                "held_out_items": cold, "items_without_training": num_items - len(train_items),
                 "empty_text": int((items["text"] == "").sum()),
                 "no_poster": int((items["image_urls"] == "[]").sum())}
 
@@ -104,5 +126,8 @@ class MovieLens100kSource:
         return run_image_stage(root, self.images, progress=self.progress)
 
     def _tables(self, root: Path) -> dict:
-        return write_tables(root, "ml100k", {"rule": "given", "detail": "x_label of ml100k.inter (MMRec split)"},
-                            self.describe())
+        rule = {"rule": "given", "detail": "x_label of ml100k.inter (MMRec split)"}
+        if self.cold_items:
+            rule.update(detail=rule["detail"] + f"; every interaction of {self.cold_items:.0%} of the movies "
+                        "moved to validation/test (cold items)", cold_items=self.cold_items, cold_seed=self.cold_seed)
+        return write_tables(root, "ml100k", rule, self.describe())

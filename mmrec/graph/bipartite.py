@@ -105,6 +105,11 @@ class BipartiteGraph(nn.Module):
         self.register_buffer("edge_weight", weight, persistent=False)
         self.register_buffer("norm_ui", norm_ui, persistent=False)
         self.register_buffer("norm_iu", norm_iu, persistent=False)
+        # Items with at least one training interaction: the only ones whose ID embedding is
+        # ever trained (cold items are neither positives nor, by protocol, negatives).
+        known = torch.zeros(self.num_items, dtype=torch.bool)
+        known[items] = True
+        self.register_buffer("item_known", known, persistent=False)  # [I] bool
         # The fixed pattern for propagation with learned edge values (GRCN): CSR structure of
         # [U, I] and [I, U] and the permutation from edge order to each CSR order.
         for name, rows, cols, n_rows, n_cols in (("ui", users, items, self.num_users, self.num_items),

@@ -128,9 +128,8 @@ class WandbRecommendations(L.Callback):
 
     Logged when the model selected on validation is evaluated after fitting (``train()``
     validates the best checkpoint once), so the table shows the model whose metrics are
-    reported. Scores come from the module itself (``module()`` -> embeddings,
-    ``encoder.score_all``) and the ranking from :func:`mmrec.evaluation.ranking.rank_top`
-    with the user's training items masked, exactly as in evaluation. Images are the
+    reported. Scores and ranking come from the module itself (``module()`` -> embeddings,
+    ``module.rank`` with the user's training items masked), exactly as in evaluation. Images are the
     prepared dataset's ``items.image`` paths (relative to the dataset root, or absolute);
     URLs and missing files are left empty. Does nothing without a ``WandbLogger``.
 
@@ -171,15 +170,15 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
                         ) -> list[dict]:
     """Top-``k`` items of ``num_users`` validation users, one dict per (user, rank).
 
-    Uses the module's own representations and scoring (``module()`` and
-    ``module.encoder.score_all``) and the evaluation's masking and top-k (``rank_top``:
-    training items removed), so the list is the one the validation metrics judge.
+    Uses the module's own representations and the evaluation's ranking (``module()`` and
+    ``module.rank``: training items removed), so the list is the one the validation metrics
+    judge.
 
     Returns dicts with ``user``, ``rank`` (1-based), ``item``, ``title``, ``image`` (local
     file path or ``None``), ``hit`` (the item is one of the user's validation items) and
     ``score``.
     """
-    from mmrec.evaluation.ranking import hits_of, rank_top
+    from mmrec.evaluation.ranking import hits_of
 
     candidates = module.valid_matrix.users_with_items()
     if len(candidates) == 0:
@@ -190,8 +189,8 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
     module.eval()
     with torch.no_grad():
         user_emb, item_emb = module()  # [U, d], [I, d]
-        scores = module.encoder.score_all(user_emb[users], item_emb)  # [n, I]
-        top = rank_top(scores, users, [module.train_matrix], min(k, scores.shape[1]))  # [n, k]
+        top, scores = module.rank(user_emb, item_emb, users, [module.train_matrix], min(k, item_emb.shape[0]),
+                                  module.unrankable_items())  # [n, k], [n, I]
         hits, _ = hits_of(top, users, module.valid_matrix, scores.shape[1])[""]  # [n, k]
         top_scores = scores.gather(1, top)  # [n, k]
     module.train(was_training)

@@ -71,6 +71,7 @@ class RecModule(L.LightningModule):
         self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: dict[str, torch.Tensor | None] = {}
         self._warned_cold = False
+        self._unknown: torch.Tensor | None = None  # [I] bool: items an ID-only model cannot rank
         self._accumulators: dict[str, MetricAccumulator] = {}
         self.test_runs = 0  # the test split is meant to be evaluated once per run
         self._epoch_sums = torch.zeros(4)
@@ -138,6 +139,27 @@ class RecModule(L.LightningModule):
                                  "monitor": self.monitor, "interval": "epoch"}}
 
     # -- evaluation -----------------------------------------------------------------
+    def unrankable_items(self) -> torch.Tensor | None:
+        """``[I]`` bool mask of the items the encoder cannot score, or ``None``: an ID-only
+        model knows nothing about an item without training interactions, so such items are
+        ranked last, explicitly, rather than by an arbitrary (untrained) score."""
+        if self.encoder.uses_content:
+            return None
+        cold = self.train_matrix.item_degree() == 0
+        return cold.to(self.device) if bool(cold.any()) else None
+
+    def rank(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
+             exclude: Sequence[InteractionMatrix], k: int, unknown: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full ranking of every item for ``users`` ``[B]``: ``(top-k item ids [B, k], scores
+        [B, I])``, with the ``exclude`` interactions removed and ``unknown`` items (see
+        :meth:`unrankable_items`) ranked last. The one ranking used by evaluation and by the
+        recommendation tables."""
+        scores = self.encoder.score_all(user_emb[users], item_emb)  # [B, I]
+        if unknown is not None:
+            scores = scores.masked_fill(unknown, float("-inf"))
+        return rank_top(scores, users, exclude, k), scores
+
     def _start_eval(self) -> None:
         # Representations are computed once per evaluation pass, explicitly, and dropped
         # at its end: no cache survives into training or is filled by forward().
@@ -147,9 +169,10 @@ class RecModule(L.LightningModule):
         # no training interaction), so it shows whether content carries cold items.
         cold = self.train_matrix.item_degree() == 0
         self._groups = {"": None, "warm/": ~cold, "cold/": cold}
-        if not self.encoder.uses_content and bool(cold.any()) and not self._warned_cold:
-            log.warning("%s uses no content: its scores for the %d cold items (no training "
-                        "interaction) carry no information about them; see the */cold/* metrics.",
+        self._unknown = self.unrankable_items()
+        if self._unknown is not None and not self._warned_cold:
+            log.warning("%s uses no content: it cannot score the %d cold items (no training "
+                        "interaction), so they are ranked last; see the */cold/* metrics.",
                         type(self.encoder).__name__, int(cold.sum()))
             self._warned_cold = True
         self._accumulators = {g: MetricAccumulator(self.eval_ks) for g in self._groups}
@@ -158,9 +181,8 @@ class RecModule(L.LightningModule):
                    truth: InteractionMatrix) -> None:
         assert self._eval_embeddings is not None
         user_emb, item_emb = self._eval_embeddings
-        scores = self.encoder.score_all(user_emb[users], item_emb)  # [B, I]
-        top = rank_top(scores, users, exclude, max(self.eval_ks))  # [B, max_k]
-        for group, (hits, num_pos) in hits_of(top, users, truth, scores.shape[1], self._groups).items():
+        top, _ = self.rank(user_emb, item_emb, users, exclude, max(self.eval_ks), self._unknown)  # [B, max_k]
+        for group, (hits, num_pos) in hits_of(top, users, truth, item_emb.shape[0], self._groups).items():
             self._accumulators[group].update(hits, num_pos)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:

@@ -38,6 +38,21 @@ class GraphRecommender(nn.Module):
         start of every training epoch; nothing by default. It is the only place such state
         changes: ``forward`` never fills a cache."""
 
+    @staticmethod
+    def known_item_ids(item_ids: torch.Tensor, graph: BipartiteGraph) -> torch.Tensor:
+        """Item ID embeddings ``[I, d]`` with the rows of items that have no training
+        interaction set to zero.
+
+        A cold item's ID embedding is never trained (it is neither a positive nor, by the
+        sampling protocol, a negative): left at its random initial value it would add noise
+        to the item's score as if the item were known. Zeroing it makes the ID part of a cold
+        item's score exactly 0, so cold items are ranked by whatever the model derives from
+        content (an ID-only model then gives every cold item the score 0: "unknown"). It
+        changes nothing for warm items and nothing in training, where cold items never occur
+        as the scored item.
+        """
+        return item_ids * graph.item_known.unsqueeze(1).to(item_ids.dtype)
+
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-0 (free) user and item parameters that the L2 term regularises."""
         raise NotImplementedError

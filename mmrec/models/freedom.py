@@ -85,8 +85,10 @@ class FREEDOM(GraphRecommender):
         for _ in range(self.num_ii_layers):
             h = block_spmm(self.ii_adj, self.ii_adj_t, h)
         blocks = graph.degree_pruned_blocks(1.0 - self.edge_dropout) if self.training and self.edge_dropout > 0 else None
-        user, item = layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_ui_layers,
-                                lambda u, i: graph.propagate_pair(u, i, blocks))
+        # the user-item part of a cold item is 0 (its own ID is untrained there); its
+        # item-item part h carries it (its neighbours' IDs are trained)
+        user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
+                                self.num_ui_layers, lambda u, i: graph.propagate_pair(u, i, blocks))
         return user, item + h
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

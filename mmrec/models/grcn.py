@@ -102,7 +102,8 @@ class GRCN(GraphRecommender):
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         p, h, weights = self.edge_weights(graph, features)
         values = graph.normalized_edge_values(weights)
-        id_u, id_i = layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_layers,
+        id_u, id_i = layer_mean(self.user_embedding.weight,
+                                self.known_item_ids(self.item_embedding.weight, graph), self.num_layers,
                                 partial(graph.propagate_weighted, values))
         content_u, content_i = self.fusion.combine(list(p), list(h))
         return torch.cat([id_u, content_u], dim=1), torch.cat([id_i, content_i], dim=1)

@@ -140,8 +140,9 @@ class LATTICE(GraphRecommender):
         h = self.item_embedding.weight  # [I, d]
         for _ in range(self.num_ii_layers):
             h = torch.zeros_like(h).index_add(0, rows, vals.unsqueeze(1) * h[cols])  # S h
-        user, item = layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_ui_layers,
-                                graph.propagate_pair)
+        # a cold item's user-item part is 0 (see known_item_ids); the item-item part carries it
+        user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
+                                self.num_ui_layers, graph.propagate_pair)
         return user, item + F.normalize(h, dim=1)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

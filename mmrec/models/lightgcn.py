@@ -53,8 +53,8 @@ class LightGCN(GraphRecommender):
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         # alpha_k = 1 / (K + 1) for every layer: the mean of the layers.
-        return layer_mean(self.user_embedding.weight, self.item_embedding.weight, self.num_layers,
-                          graph.propagate_pair)
+        items = self.known_item_ids(self.item_embedding.weight, graph)  # cold items: 0 ("unknown")
+        return layer_mean(self.user_embedding.weight, items, self.num_layers, graph.propagate_pair)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight

@@ -97,7 +97,8 @@ class MMGCN(GraphRecommender):
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         item_x, _ = self.fusion.projector(features)  # [M, I, d] (missing -> learned vector)
-        parts = [tower(graph, item_x[m], self.id_user.weight, self.id_item.weight)
+        id_item = self.known_item_ids(self.id_item.weight, graph)  # cold items: content only
+        parts = [tower(graph, item_x[m], self.id_user.weight, id_item)
                  for m, tower in enumerate(self.towers)]
         return self.fusion.combine([p[0] for p in parts], [p[1] for p in parts])
 

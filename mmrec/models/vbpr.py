@@ -31,8 +31,8 @@ class VBPR(GraphRecommender):
     (as in the MMRec toolbox); features are projected by the fusion's projector instead of
     one matrix :math:`E` over concatenated raw features.
 
-    Cold items have an untrained :math:`\gamma_i` (initialised near zero) but a real
-    content vector, so they are ranked by content.
+    Cold items (no training interaction) have an untrained :math:`\gamma_i`, which is set
+    to 0 (:meth:`known_item_ids`), and a real content vector, so they are ranked by content.
 
     Args:
         num_users, num_items: numbers of users and items.
@@ -65,7 +65,7 @@ class VBPR(GraphRecommender):
             thetas = self.user_theta.weight.chunk(m, dim=1)  # M x [U, d]
             theta, content = self.fusion.combine(thetas, list(h))  # [U, M*d], [I, M*d]
         return (torch.cat([self.user_gamma.weight, theta], dim=1),
-                torch.cat([self.item_gamma.weight, content], dim=1))
+                torch.cat([self.known_item_ids(self.item_gamma.weight, graph), content], dim=1))
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.cat([self.user_gamma.weight, self.user_theta.weight], dim=1), self.item_gamma.weight)
