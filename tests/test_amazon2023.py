@@ -192,3 +192,21 @@ def test_strict_mode_names_the_line(served, tmp_path):
     cfg = _cfg(root, server, ["dataset.source.strict=true", f"dataset.root={tmp_path / 'strict'}"])
     with pytest.raises(DatasetError, match=r"Synthetic\.jsonl\.gz:5: invalid JSON"):
         prepare(cfg)
+
+
+def test_dedupe_earliest_matches_a_sort_reference_with_ties():
+    import numpy as np
+
+    from mmrec.data.amazon2023 import dedupe_earliest
+
+    rng = np.random.default_rng(3)
+    n = 20000
+    user, item = rng.integers(0, 300, n), rng.integers(0, 200, n)
+    ts = rng.integers(0, 5, n)  # many equal timestamps: ties go to the first line
+    order = np.lexsort((np.arange(n), ts, user * 1000 + item))
+    pair = (user * 1000 + item)[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = pair[1:] != pair[:-1]
+    expected = np.sort(order[first])
+    got = dedupe_earliest(user, item, ts)
+    assert len(got) < n and np.array_equal(got, expected)

@@ -43,6 +43,34 @@ def test_malformed_lines_reported_by_number(tmp_path, block, gz):
     assert "user_id" in dict(rep.examples)[4]
 
 
+FLAT = pa.schema([("user_id", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float64())])
+
+
+@pytest.mark.parametrize("block", [40, 1 << 20])
+def test_flat_schema_goes_through_polars_with_the_same_reports(tmp_path, block):
+    path = tmp_path / "r.jsonl"
+    lines = LINES + [b'{"user_id": {"n": 1}, "timestamp": 7}']  # 10: nested value for a string
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reader = JsonlReader(path, FLAT, required=("user_id", "timestamp"), block_bytes=block)
+    assert reader._polars_schema is not None  # the review files' fast path
+    rows = [r for t in reader for r in t.to_pylist()]
+    assert [r["user_id"] for r in rows] == ["a", "b", "c", "f"]
+    assert [n for n, _ in reader.report.examples] == [4, 6, 7, 8, 10]
+    assert "expected a string" in dict(reader.report.examples)[10]
+
+
+def test_polars_and_pyarrow_fast_paths_agree(tmp_path):
+    path = tmp_path / "ok.jsonl"
+    path.write_text("".join(f'{{"user_id": "u{k}", "timestamp": {k}, "rating": {k % 5}, "text": "x y"}}\n'
+                            for k in range(3000)) + "\n")
+    fast = JsonlReader(path, FLAT, required=("user_id",), block_bytes=8192)
+    slow = JsonlReader(path, FLAT, required=("user_id",), block_bytes=8192)
+    slow._polars_schema = None  # pyarrow's parser
+    a, b = pa.concat_tables(list(fast)), pa.concat_tables(list(slow))
+    assert a.schema == b.schema == FLAT and a.equals(b) and a.num_rows == 3000
+    assert fast.report.as_dict() == slow.report.as_dict()
+
+
 def test_clean_fast_path_has_no_malformed(tmp_path):
     path = tmp_path / "ok.jsonl"
     path.write_text("".join(f'{{"user_id": "u{k}", "timestamp": {k}}}\n' for k in range(1000)))

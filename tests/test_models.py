@@ -71,6 +71,8 @@ def test_content_models_score_cold_items_from_content(graph, features):
     for model in list(_models(features))[1:]:
         if isinstance(model, FREEDOM):
             continue  # content enters FREEDOM through its frozen kNN graph: tested below
+        if getattr(model, "cold", None) is not None and isinstance(model, MMGCN):
+            continue  # MMGCN's cold items take their content neighbours' representation: tested below
         model.eval()
         _, before = model(cold_graph, features)
         img, mask = features["image"]
@@ -276,3 +278,30 @@ def test_edge_dot_matches_gather_and_gradcheck(graph):
     assert torch.autograd.gradcheck(lambda x, y: graph.edge_dot(x, y), (a, b))
     w = torch.rand(users.numel(), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, x: graph.spmm_values(v, x, "iu"), (w, a))
+
+
+def test_cold_item_neighbours_match_brute_force(graph, features):
+    from mmrec.models.base import ColdItemNeighbours
+
+    keep = graph.edge_index[1] % 4 != 0  # a quarter of the items lose all their edges
+    cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
+    known = cold_graph.item_known
+    assert (~known).sum() >= 3
+    module = ColdItemNeighbours(features, k=3)
+    # MMGCN and GRCN use it for cold items (MMGCN: whole representation, GRCN: ID part)
+    for model in (MMGCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3),
+                  GRCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3)):
+        model.eval()
+        with torch.no_grad():
+            _, item = model(cold_graph, features)
+            model.cold = None
+            _, item_off = model(cold_graph, features)
+        assert torch.equal(item[known], item_off[known]) and not torch.allclose(item[~known], item_off[~known])
+    emb = torch.randn(I, D)
+    out = module(emb, known)
+    s = module.adj.to_dense()
+    assert torch.equal(out[known], emb[known])  # warm rows untouched
+    for i in torch.nonzero(~known).squeeze(1).tolist():
+        w = s[i] * known.float()  # similarity to warm neighbours only
+        expected = (w @ emb) / w.sum() if w.sum() > 0 else torch.zeros(D)
+        assert torch.allclose(out[i], expected, atol=1e-5), i

@@ -12,7 +12,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mmrec.graph.bipartite import BipartiteGraph
+from mmrec.graph.bipartite import BipartiteGraph, block_spmm
+from mmrec.graph.knn import fused_knn_graph
 
 
 class GraphRecommender(nn.Module):
@@ -70,3 +71,45 @@ class GraphRecommender(nn.Module):
         """Extra loss term a model defines, given the step's embeddings, the batch users ``[B]``
         and items ``[B, 1 + K]`` (positive first, then negatives); none by default."""
         return None
+
+
+class ColdItemNeighbours(nn.Module):
+    r"""The collaborative representation of a cold item estimated from its content neighbours.
+
+    An item without training interactions has no trained ID embedding and no graph
+    neighbours. This module gives it the similarity-weighted mean of the representations of
+    its content neighbours that *do* have training interactions:
+
+    .. math::
+        \mathbf e_i \leftarrow \frac{\sum_j S_{ij}\,k_j\,\mathbf e_j}{\sum_j S_{ij}\,k_j}
+        \quad \text{for cold } i, \qquad k_j = [\,j \text{ has a training interaction}\,]
+
+    where :math:`S = \frac{1}{M}\sum_m S^m` is the fused cosine kNN graph of the raw
+    features (``k`` neighbours per modality, :math:`D^{-1/2}AD^{-1/2}`; built once from the
+    features and frozen, as in FREEDOM). Rows of warm items are returned unchanged, and a
+    cold item none of whose neighbours is warm keeps 0. Since cold items are never scored
+    in training, this only changes how they are ranked: by the collaborative signal of the
+    items their content resembles.
+
+    Args:
+        features: item features (the kNN graph is built from them).
+        k: neighbours per item and modality.
+    """
+
+    def __init__(self, features, k: int = 10):
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        names = list(features.dims)
+        adj, adj_t = fused_knn_graph(features, {m: 1.0 / len(names) for m in names}, k)
+        self.register_buffer("adj", adj, persistent=False)  # [I, I] CSR, constant
+        self.register_buffer("adj_t", adj_t, persistent=False)
+
+    def forward(self, emb: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """``emb [I, d]`` with the rows of items where ``known [I]`` is false replaced."""
+        k = known.to(emb.dtype).unsqueeze(1)  # [I, 1]
+        num = block_spmm(self.adj, self.adj_t, emb * k)  # [I, d]
+        den = block_spmm(self.adj, self.adj_t, k)  # [I, 1] similarity mass on warm neighbours
+        estimate = num / den.clamp_min(1e-12)
+        return torch.where(known.unsqueeze(1), emb, estimate)
+

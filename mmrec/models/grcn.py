@@ -12,7 +12,7 @@ from torch_geometric.utils import softmax as segment_softmax
 
 from mmrec.fusion import LateFusion
 from mmrec.graph.bipartite import BipartiteGraph, layer_mean
-from mmrec.models.base import GraphRecommender
+from mmrec.models.base import ColdItemNeighbours, GraphRecommender
 
 
 class GRCN(GraphRecommender):
@@ -44,8 +44,11 @@ class GRCN(GraphRecommender):
     late fusion, so :math:`\hat y_{ui} = \langle \mathbf e_u, \mathbf e_i\rangle + \sum_m w_m
     \langle \mathbf p^m_u, \mathbf h^m_i\rangle`.
 
-    Cold items have no edges, but their content part :math:`\mathbf h^m_i` is scored against
-    every user's prototypes.
+    Cold items (no training interaction) have no edges and an untrained ID embedding: their
+    content part :math:`\mathbf h^m_i` is scored against every user's prototypes, and their
+    ID part is the similarity-weighted mean of the ID parts of their warm content neighbours
+    (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in the paper; with
+    ``cold_neighbours=0`` it is 0).
 
     Deviations: the refined weight uses ``max`` over modalities (one of the paper's options)
     and a single ``relu`` pruning rule; the modality towers are not propagated again after
@@ -58,13 +61,15 @@ class GRCN(GraphRecommender):
         embedding_dim: size of the ID embeddings and of each modality part.
         num_layers: hops on the refined graph.
         routing_iters: rounds of prototype routing.
+        cold_neighbours: content neighbours per modality that estimate a cold item's ID part
+            (0: the ID part of a cold item is 0).
     """
 
     uses_content = True
     supported_fusions = ("late",)
 
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
-                 embedding_dim: int = 64, num_layers: int = 2, routing_iters: int = 3):
+                 embedding_dim: int = 64, num_layers: int = 2, routing_iters: int = 3, cold_neighbours: int = 10):
         super().__init__()
         self.num_layers = num_layers
         self.routing_iters = routing_iters
@@ -75,6 +80,7 @@ class GRCN(GraphRecommender):
         for w in (self.user_embedding.weight, self.item_embedding.weight):
             nn.init.xavier_uniform_(w)
         nn.init.xavier_uniform_(self.prototype_init)
+        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
 
     def prototypes_and_content(self, graph: BipartiteGraph, features) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p [M, U, d], h [M, I, d])``, both row-normalised."""
@@ -105,6 +111,8 @@ class GRCN(GraphRecommender):
         id_u, id_i = layer_mean(self.user_embedding.weight,
                                 self.known_item_ids(self.item_embedding.weight, graph), self.num_layers,
                                 partial(graph.propagate_weighted, values))
+        if self.cold is not None:
+            id_i = self.cold(id_i, graph.item_known)  # cold items: their warm neighbours' ID part
         content_u, content_i = self.fusion.combine(list(p), list(h))
         return torch.cat([id_u, content_u], dim=1), torch.cat([id_i, content_i], dim=1)
 

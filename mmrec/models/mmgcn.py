@@ -10,7 +10,7 @@ from torch import nn
 
 from mmrec.fusion import LateFusion
 from mmrec.graph.bipartite import BipartiteGraph
-from mmrec.models.base import GraphRecommender
+from mmrec.models.base import ColdItemNeighbours, GraphRecommender
 
 
 class _ModalityGCN(nn.Module):
@@ -70,6 +70,13 @@ class MMGCN(GraphRecommender):
     combined by late fusion of scores rather than by summing them, which removes the
     cross-modality terms :math:`\langle x^m_u, x^{m'}_i\rangle`.
 
+    Cold items (no training interaction; an extension, not in the paper): a cold item has no
+    neighbours to aggregate and an untrained ID embedding (set to 0), so its tower outputs
+    are unlike any item seen in training; its final representation is the
+    similarity-weighted mean of those of its warm content neighbours
+    (:class:`~mmrec.models.base.ColdItemNeighbours`; ``cold_neighbours=0``: its own tower
+    outputs).
+
     Args:
         num_users, num_items: numbers of users and items.
         features: item features (dimensions are read from it).
@@ -78,13 +85,15 @@ class MMGCN(GraphRecommender):
         num_layers: GCN layers per modality.
         concat: combine aggregation and own representation by concatenation + linear map
             instead of a sum.
+        cold_neighbours: content neighbours per modality that estimate a cold item's
+            representation (0: off).
     """
 
     uses_content = True
     supported_fusions = ("late",)
 
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
-                 embedding_dim: int = 64, num_layers: int = 2, concat: bool = False):
+                 embedding_dim: int = 64, num_layers: int = 2, concat: bool = False, cold_neighbours: int = 10):
         super().__init__()
         self.num_users = num_users
         self.fusion: LateFusion = fusion(feature_dims=features.dims, dim=embedding_dim)
@@ -94,13 +103,17 @@ class MMGCN(GraphRecommender):
         nn.init.xavier_uniform_(self.id_item.weight)
         self.towers = nn.ModuleList(_ModalityGCN(num_users, embedding_dim, num_layers, concat)
                                     for _ in features.dims)
+        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         item_x, _ = self.fusion.projector(features)  # [M, I, d] (missing -> learned vector)
         id_item = self.known_item_ids(self.id_item.weight, graph)  # cold items: content only
         parts = [tower(graph, item_x[m], self.id_user.weight, id_item)
                  for m, tower in enumerate(self.towers)]
-        return self.fusion.combine([p[0] for p in parts], [p[1] for p in parts])
+        user, item = self.fusion.combine([p[0] for p in parts], [p[1] for p in parts])
+        if self.cold is not None:
+            item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' representation
+        return user, item
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         users = torch.cat([self.id_user.weight] + [t.preference.weight for t in self.towers], dim=1)
