@@ -287,7 +287,7 @@ def test_cold_item_neighbours_match_brute_force(graph, features):
     cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
     known = cold_graph.item_known
     assert (~known).sum() >= 3
-    module = ColdItemNeighbours(features, k=3)
+    module = ColdItemNeighbours(features, k=3).eval()  # evaluation: training leaves rows as they are
     # MMGCN and GRCN use it for cold items (MMGCN: whole representation, GRCN: ID part)
     for model in (MMGCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3),
                   GRCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3)):

@@ -145,8 +145,8 @@ class RecModule(L.LightningModule):
         ranked last, explicitly, rather than by an arbitrary (untrained) score."""
         if self.encoder.uses_content:
             return None
-        cold = self.train_matrix.item_degree() == 0
-        return cold.to(self.device) if bool(cold.any()) else None
+        cold = ~self.graph.item_known  # [I], built once with the training graph
+        return cold if bool(cold.any()) else None
 
     def rank(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
              exclude: Sequence[InteractionMatrix], k: int, unknown: torch.Tensor | None = None

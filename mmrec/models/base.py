@@ -106,7 +106,10 @@ class ColdItemNeighbours(nn.Module):
         self.register_buffer("adj_t", adj_t, persistent=False)
 
     def forward(self, emb: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """``emb [I, d]`` with the rows of items where ``known [I]`` is false replaced."""
+        """``emb [I, d]`` with the rows of items where ``known [I]`` is false replaced (in
+        evaluation only: in training cold items are never scored, so the step skips it)."""
+        if self.training:
+            return emb
         k = known.to(emb.dtype).unsqueeze(1)  # [I, 1]
         num = block_spmm(self.adj, self.adj_t, emb * k)  # [I, d]
         den = block_spmm(self.adj, self.adj_t, k)  # [I, 1] similarity mass on warm neighbours
