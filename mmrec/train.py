@@ -83,6 +83,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         l2_weight=cfg.model.l2_weight,
         eval_ks=list(cfg.evaluation.ks),
+        rank_block=cfg.evaluation.get("rank_block"),
         monitor=cfg.optimized_metric,
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))

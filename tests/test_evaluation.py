@@ -87,3 +87,24 @@ def test_group_hits_count_only_the_groups_items(splits):
     row, col = test.gather(users)
     assert out["cold/"][1].sum() == cold[col].sum()
     assert not (out["cold/"][0] & ~cold[top]).any()
+
+
+def test_top_items_blocks_unknown_and_exclusions(splits):
+    from mmrec.evaluation.ranking import rank_top, top_items
+
+    train, valid, test = splits
+    users = test.users_with_items()
+    scores = torch.randn(len(users), I)
+    unknown = torch.zeros(I, dtype=torch.bool)
+    unknown[:5] = True
+    ref = scores.clone()
+    ref[:, unknown] = -torch.inf
+    ref_top = rank_top(ref, users, [train, valid], 20)  # masks ``ref`` in place
+    for block in (None, 1, 7, 1000):
+        top, top_scores = top_items(lambda us: scores[torch.searchsorted(users, us)].clone(),
+                                    users, [train, valid], 20, unknown, block)
+        assert torch.equal(top, ref_top)
+        assert torch.equal(top_scores, ref.gather(1, ref_top))
+        assert not unknown[top].any()
+        assert not train.contains(users.unsqueeze(1), top).any()
+        assert not valid.contains(users.unsqueeze(1), top).any()

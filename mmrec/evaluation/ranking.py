@@ -23,6 +23,42 @@ def rank_top(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[Intera
     return torch.topk(scores, k=max_k, dim=1).indices
 
 
+def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Tensor,
+              exclude: Sequence[InteractionMatrix], k: int, unknown: torch.Tensor | None = None,
+              block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full ranking of every item for ``users`` ``[B]``: ``(top item ids [B, k], their scores
+    [B, k])``.
+
+    Args:
+        score_fn: ``users [b] -> scores [b, I]`` (a fresh tensor: it is masked in place).
+        exclude: interaction sets whose items are removed from the ranking.
+        unknown: ``[I]`` bool, items ranked last whatever their score (``-inf``).
+        block: users scored at once (``None``: all ``B``). On a CPU a block whose ``[block, I]``
+            score matrix fits in the cache (~128 users for ~7k items) makes the product, the
+            masking and the top-k read cache instead of memory; the result does not depend on it.
+    """
+    block = block or max(len(users), 1)
+    top = torch.empty(len(users), k, dtype=torch.long, device=users.device)  # [B, k]
+    top_scores = None
+    unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
+    for start in range(0, len(users), block):
+        us = users[start:start + block]
+        scores = score_fn(us)  # [b, I]
+        if unknown_ids is not None and unknown_ids.numel():
+            scores.index_fill_(1, unknown_ids, float("-inf"))  # in place: no [b, I] copy
+        for matrix in exclude:
+            row, col = matrix.gather(us)
+            scores[row, col] = -torch.inf
+        values, ids = torch.topk(scores, k=k, dim=1)  # [b, k]
+        if top_scores is None:
+            top_scores = torch.empty(len(users), k, dtype=values.dtype, device=values.device)
+        top[start:start + block] = ids
+        top_scores[start:start + block] = values
+    if top_scores is None:
+        top_scores = torch.empty(0, k)
+    return top, top_scores
+
+
 def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, num_items: int,
             item_groups: dict[str, torch.Tensor | None] | None = None
             ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -189,10 +189,9 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
     module.eval()
     with torch.no_grad():
         user_emb, item_emb = module()  # [U, d], [I, d]
-        top, scores = module.rank(user_emb, item_emb, users, [module.train_matrix], min(k, item_emb.shape[0]),
-                                  module.unrankable_items())  # [n, k], [n, I]
-        hits, _ = hits_of(top, users, module.valid_matrix, scores.shape[1])[""]  # [n, k]
-        top_scores = scores.gather(1, top)  # [n, k]
+        top, top_scores = module.rank(user_emb, item_emb, users, [module.train_matrix],
+                                      min(k, item_emb.shape[0]), module.unrankable_items())  # [n, k], [n, k]
+        hits, _ = hits_of(top, users, module.valid_matrix, item_emb.shape[0])[""]  # [n, k]
     module.train(was_training)
     dataset = getattr(datamodule, "dataset", None)
     items = dataset.items.set_index("item") if dataset is not None else None

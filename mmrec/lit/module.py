@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from mmrec.data.interactions import InteractionMatrix
-from mmrec.evaluation.ranking import MetricAccumulator, hits_of, rank_top
+from mmrec.evaluation.ranking import MetricAccumulator, hits_of, top_items
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
@@ -35,6 +35,9 @@ class RecModule(L.LightningModule):
         l2_weight: :math:`\\lambda` of the L2 term on the batch's layer-0 embeddings.
         eval_ks: cut-offs of the ranking metrics.
         monitor: the validation metric used for model selection (``val/recall@20``).
+        rank_block: users scored at once inside an evaluation batch on a CPU, so that the
+            ``[block, I]`` score matrix stays in cache (``None``: the whole batch; GPUs always
+            score the whole batch). Results do not depend on it.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class RecModule(L.LightningModule):
         l2_weight: float = 1e-4,
         eval_ks: Sequence[int] = (10, 20, 50),
         monitor: str = "val/recall@20",
+        rank_block: int | None = 128,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "sampler", "graph", "train_matrix",
@@ -68,6 +72,7 @@ class RecModule(L.LightningModule):
         self.l2_weight = l2_weight
         self.eval_ks = list(eval_ks)
         self.monitor = monitor
+        self.rank_block = rank_block
         self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
         self._groups: dict[str, torch.Tensor | None] = {}
         self._warned_cold = False
@@ -151,14 +156,13 @@ class RecModule(L.LightningModule):
     def rank(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
              exclude: Sequence[InteractionMatrix], k: int, unknown: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full ranking of every item for ``users`` ``[B]``: ``(top-k item ids [B, k], scores
-        [B, I])``, with the ``exclude`` interactions removed and ``unknown`` items (see
+        """Full ranking of every item for ``users`` ``[B]``: ``(top-k item ids [B, k], their
+        scores [B, k])``, with the ``exclude`` interactions removed and ``unknown`` items (see
         :meth:`unrankable_items`) ranked last. The one ranking used by evaluation and by the
-        recommendation tables."""
-        scores = self.encoder.score_all(user_emb[users], item_emb)  # [B, I]
-        if unknown is not None:
-            scores = scores.masked_fill(unknown, float("-inf"))
-        return rank_top(scores, users, exclude, k), scores
+        recommendation tables; users are scored ``rank_block`` at a time."""
+        block = self.rank_block if user_emb.device.type == "cpu" else None
+        return top_items(lambda us: self.encoder.score_all(user_emb[us], item_emb),
+                         users, exclude, k, unknown, block)
 
     def _start_eval(self) -> None:
         # Representations are computed once per evaluation pass, explicitly, and dropped
