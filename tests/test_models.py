@@ -200,13 +200,14 @@ def test_freedom_cold_item_gets_its_content_neighbours(graph, features):
     keep = graph.edge_index[1] != 14
     cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
     model = FREEDOM(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3,
-                    num_ui_layers=2, edge_dropout=0.5).eval()
+                    num_ui_layers=2, edge_dropout=0.5, cold_neighbours=0).eval()
     _, item_emb = model(cold_graph, features)
     ego = model.item_embedding.weight
     neighbours = model.ii_adj.to_dense()[14]
     assert (neighbours > 0).sum() >= 3
-    # No user-item edges: the LightGCN part is 0 (its own ID is untrained), the item-item
-    # part is its content neighbours' (trained) IDs.
+    # No user-item edges: the LightGCN part is 0 (its own ID is untrained; with
+    # cold_neighbours > 0 it is estimated, see the brute-force test), the item-item part is
+    # its content neighbours' (trained) IDs.
     expected = neighbours @ ego
     assert torch.allclose(item_emb[14], expected, atol=1e-6)
 
@@ -288,9 +289,12 @@ def test_cold_item_neighbours_match_brute_force(graph, features):
     known = cold_graph.item_known
     assert (~known).sum() >= 3
     module = ColdItemNeighbours(features, k=3).eval()  # evaluation: training leaves rows as they are
-    # MMGCN and GRCN use it for cold items (MMGCN: whole representation, GRCN: ID part)
+    # the models use it for cold items (MMGCN: whole representation, GRCN: ID part,
+    # FREEDOM / LATTICE: user-item part)
     for model in (MMGCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3),
-                  GRCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3)):
+                  GRCN(U, I, features, partial(LateFusion), embedding_dim=D, cold_neighbours=3),
+                  FREEDOM(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3, cold_neighbours=3),
+                  LATTICE(U, I, features, partial(GraphSumFusion), embedding_dim=D, knn_k=3, cold_neighbours=3)):
         model.eval()
         with torch.no_grad():
             _, item = model(cold_graph, features)

@@ -11,7 +11,7 @@ from mmrec.fusion import GraphSumFusion, ModalityProjector
 from mmrec.graph.bipartite import BipartiteGraph, block_spmm, layer_mean
 from mmrec.graph.knn import fused_knn_graph
 from mmrec.losses import bpr_loss
-from mmrec.models.base import GraphRecommender
+from mmrec.models.base import ColdItemNeighbours, GraphRecommender
 
 
 class FREEDOM(GraphRecommender):
@@ -38,8 +38,12 @@ class FREEDOM(GraphRecommender):
     :math:`\times \sum_m \mathrm{BPR}(\mathbf u, T_m f^m_{i^+}, T_m f^m_{i^-})` with linear
     projections :math:`T_m` (:meth:`auxiliary_loss`).
 
-    Cold items have no user-item edges but do have content neighbours, so
-    :math:`\tilde{\mathbf h}_i` carries their warm neighbours' embeddings.
+    Cold items (no training interaction) have no user-item edges and an untrained ID
+    embedding, so their user-item part :math:`\bar{\mathbf e}_i` is set to 0 and only
+    :math:`\tilde{\mathbf h}_i` is left, on a scale unlike any warm item's score. At
+    evaluation their :math:`\bar{\mathbf e}_i` is the similarity-weighted mean of their warm
+    content neighbours' (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in
+    the paper; ``cold_neighbours=0``: 0).
 
     Deviations: pruning is re-sampled every step instead of every epoch (no state kept
     between steps); a missing modality's projection is a learned vector, not zeros.
@@ -54,6 +58,8 @@ class FREEDOM(GraphRecommender):
         knn_k: neighbours per item in each modality graph.
         edge_dropout: share of user-item edges pruned at each training step.
         modality_loss_weight: weight of the per-modality BPR terms.
+        cold_neighbours: content neighbours per modality that estimate a cold item's
+            user-item part (0: off).
     """
 
     uses_content = True
@@ -61,7 +67,8 @@ class FREEDOM(GraphRecommender):
 
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
                  embedding_dim: int = 64, num_ui_layers: int = 2, num_ii_layers: int = 1,
-                 knn_k: int = 10, edge_dropout: float = 0.8, modality_loss_weight: float = 1e-4):
+                 knn_k: int = 10, edge_dropout: float = 0.8, modality_loss_weight: float = 1e-4,
+                 cold_neighbours: int = 10):
         super().__init__()
         if not 0.0 <= edge_dropout < 1.0:
             raise ValueError(f"edge_dropout must lie in [0, 1), got {edge_dropout}")
@@ -79,6 +86,7 @@ class FREEDOM(GraphRecommender):
         self.register_buffer("ii_adj", ii, persistent=False)  # [I, I] CSR, constant
         self.register_buffer("ii_adj_t", ii_t, persistent=False)
         self.projector = ModalityProjector(features.dims, embedding_dim)  # T_m
+        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_embedding.weight  # [I, d]
@@ -89,6 +97,8 @@ class FREEDOM(GraphRecommender):
         # item-item part h carries it (its neighbours' IDs are trained)
         user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
                                 self.num_ui_layers, lambda u, i: graph.propagate_pair(u, i, blocks))
+        if self.cold is not None:
+            item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
         return user, item + h
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from torch import nn
 from mmrec.fusion import GraphSumFusion
 from mmrec.graph.bipartite import BipartiteGraph, layer_mean
 from mmrec.graph.knn import cosine_knn
-from mmrec.models.base import GraphRecommender
+from mmrec.models.base import ColdItemNeighbours, GraphRecommender
 
 
 def _knn_edges(nbr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,11 @@ class LATTICE(GraphRecommender):
         \qquad \mathbf u = \bar{\mathbf e}_u, \quad
         \mathbf i = \bar{\mathbf e}_i + \frac{\tilde{\mathbf h}_i}{\lVert\tilde{\mathbf h}_i\rVert}
 
-    Cold items have no user-item edges but have content neighbours in both graphs.
+    Cold items (no training interaction) have no user-item edges and an untrained ID
+    embedding: their user-item part :math:`\bar{\mathbf e}_i` is set to 0 in training and, at
+    evaluation, to the similarity-weighted mean of their warm content neighbours'
+    (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in the paper;
+    ``cold_neighbours=0``: 0). Their item-item part comes from both graphs as for any item.
 
     Deviations from the paper: the *choice* of the learned graph's neighbours (a full
     ``I x I`` similarity and top-k) is recomputed by :meth:`refresh` at the start of every
@@ -71,6 +75,8 @@ class LATTICE(GraphRecommender):
         knn_k: neighbours per item in each modality graph.
         lambda_coeff: weight :math:`\lambda` of the initial (raw-feature) graph.
         learn_modality_weights: learn :math:`\alpha` (else the fusion weights stay fixed).
+        cold_neighbours: content neighbours per modality that estimate a cold item's
+            user-item part (0: off).
     """
 
     uses_content = True
@@ -78,7 +84,8 @@ class LATTICE(GraphRecommender):
 
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
                  embedding_dim: int = 64, num_ui_layers: int = 2, num_ii_layers: int = 1, knn_k: int = 10,
-                 lambda_coeff: float = 0.9, learn_modality_weights: bool = True):
+                 lambda_coeff: float = 0.9, learn_modality_weights: bool = True,
+                 cold_neighbours: int = 10):
         super().__init__()
         if not 0.0 <= lambda_coeff <= 1.0:
             raise ValueError(f"lambda_coeff must lie in [0, 1], got {lambda_coeff}")
@@ -105,6 +112,7 @@ class LATTICE(GraphRecommender):
             self.register_buffer(f"init_edges_{m}", torch.stack([rows, cols]), persistent=False)
             self.register_buffer(f"init_values_{m}", init, persistent=False)
             self.register_buffer(f"learned_nbr_{m}", torch.empty(0, knn_k, dtype=torch.long))
+        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
         self.refresh(features)
 
     def _projected(self, m: str, features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +151,8 @@ class LATTICE(GraphRecommender):
         # a cold item's user-item part is 0 (see known_item_ids); the item-item part carries it
         user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
                                 self.num_ui_layers, graph.propagate_pair)
+        if self.cold is not None:
+            item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
         return user, item + F.normalize(h, dim=1)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
