@@ -307,5 +307,7 @@ def test_cold_item_neighbours_match_brute_force(graph, features):
     assert torch.equal(out[known], emb[known])  # warm rows untouched
     for i in torch.nonzero(~known).squeeze(1).tolist():
         w = s[i] * known.float()  # similarity to warm neighbours only
-        expected = (w @ emb) / w.sum() if w.sum() > 0 else torch.zeros(D)
+        mean = (w @ emb) / w.sum() if w.sum() > 0 else torch.zeros(D)
+        length = (w @ emb.norm(dim=1)) / w.sum() if w.sum() > 0 else 0.0
+        expected = mean / mean.norm().clamp_min(1e-12) * length  # the mean's direction, their mean length
         assert torch.allclose(out[i], expected, atol=1e-5), i
