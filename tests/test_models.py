@@ -4,6 +4,7 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmrec.data.interactions import InteractionMatrix
 from mmrec.features.featureset import FeatureSet
@@ -311,3 +312,22 @@ def test_cold_item_neighbours_match_brute_force(graph, features):
         length = (w @ emb.norm(dim=1)) / w.sum() if w.sum() > 0 else 0.0
         expected = mean / mean.norm().clamp_min(1e-12) * length  # the mean's direction, their mean length
         assert torch.allclose(out[i], expected, atol=1e-5), i
+
+
+def test_grcn_routing_stop_gradient_keeps_the_forward(graph, features):
+    from torch_geometric.utils import softmax as segment_softmax
+
+    model = GRCN(U, I, features, partial(LateFusion), embedding_dim=D, routing_iters=3)
+    p, h = model.prototypes_and_content(graph, features)
+    # reference: every round differentiable (the paper's formulation)
+    users = graph.edge_index[0]
+    for m, (init, h_m) in enumerate(zip(model.prototype_init.unbind(0), h.unbind(0))):
+        ref = F.normalize(init, dim=1)
+        for _ in range(3):
+            a = segment_softmax(graph.edge_dot(ref, h_m), users, num_nodes=U)
+            ref = F.normalize(init + graph.spmm_values(a, h_m, "ui"), dim=1)
+        assert torch.allclose(p[m], ref, atol=1e-6)
+    # gradients still reach the prototypes and the projections through the last round
+    p.sum().backward()
+    assert model.prototype_init.grad is not None and model.prototype_init.grad.abs().sum() > 0
+    assert all(w.grad is not None for w in model.fusion.projector.parameters() if w.dim() == 2)
