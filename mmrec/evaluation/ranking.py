@@ -16,11 +16,8 @@ from mmrec.evaluation.metrics import compute_all
 def rank_top(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
              max_k: int) -> torch.Tensor:
     """Mask the ``exclude`` items of ``users`` in ``scores`` (in place) and return the
-    ``[B, max_k]`` top item ids."""
-    for matrix in exclude:
-        row, col = matrix.gather(users)
-        scores[row, col] = -torch.inf
-    return torch.topk(scores, k=max_k, dim=1).indices
+    ``[B, max_k]`` top item ids (:func:`top_items` on ready-made scores)."""
+    return top_items(lambda _: scores, users, exclude, max_k)[0]
 
 
 def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Tensor,
@@ -38,10 +35,9 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
             masking and the top-k read cache instead of memory; the result does not depend on it.
     """
     block = block or max(len(users), 1)
-    top = torch.empty(len(users), k, dtype=torch.long, device=users.device)  # [B, k]
-    top_scores = None
     unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
-    for start in range(0, len(users), block):
+    ids, values = [], []
+    for start in range(0, max(len(users), 1), block):
         us = users[start:start + block]
         scores = score_fn(us)  # [b, I]
         if unknown_ids is not None and unknown_ids.numel():
@@ -49,14 +45,10 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
         for matrix in exclude:
             row, col = matrix.gather(us)
             scores[row, col] = -torch.inf
-        values, ids = torch.topk(scores, k=k, dim=1)  # [b, k]
-        if top_scores is None:
-            top_scores = torch.empty(len(users), k, dtype=values.dtype, device=values.device)
-        top[start:start + block] = ids
-        top_scores[start:start + block] = values
-    if top_scores is None:
-        top_scores = torch.empty(0, k)
-    return top, top_scores
+        top = torch.topk(scores, k=k, dim=1)  # [b, k]
+        ids.append(top.indices)
+        values.append(top.values)
+    return torch.cat(ids), torch.cat(values)
 
 
 def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, num_items: int,

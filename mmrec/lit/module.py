@@ -171,7 +171,7 @@ class RecModule(L.LightningModule):
             self._eval_embeddings = self.encoder(self.graph, self.features)
         # Metrics over all relevant items, and separately over warm / cold items (cold =
         # no training interaction), so it shows whether content carries cold items.
-        cold = self.train_matrix.item_degree() == 0
+        cold = ~self.graph.item_known  # [I]: no training interaction
         self._groups = {"": None, "warm/": ~cold, "cold/": cold}
         self._unknown = self.unrankable_items()
         if self._unknown is not None and not self._warned_cold:

@@ -41,9 +41,9 @@ class FREEDOM(GraphRecommender):
     Cold items (no training interaction) have no user-item edges and an untrained ID
     embedding, so their user-item part :math:`\bar{\mathbf e}_i` is set to 0 and only
     :math:`\tilde{\mathbf h}_i` is left, on a scale unlike any warm item's score. At
-    evaluation their :math:`\bar{\mathbf e}_i` is the similarity-weighted mean of their warm
-    content neighbours' (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in
-    the paper; ``cold_neighbours=0``: 0).
+    evaluation their :math:`\bar{\mathbf e}_i` is estimated from their warm content
+    neighbours' (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in the
+    paper; ``cold_neighbours=0``: 0).
 
     Deviations: pruning is re-sampled every step instead of every epoch (no state kept
     between steps); a missing modality's projection is a learned vector, not zeros.
@@ -93,8 +93,8 @@ class FREEDOM(GraphRecommender):
         for _ in range(self.num_ii_layers):
             h = block_spmm(self.ii_adj, self.ii_adj_t, h)
         blocks = graph.degree_pruned_blocks(1.0 - self.edge_dropout) if self.training and self.edge_dropout > 0 else None
-        # the user-item part of a cold item is 0 (its own ID is untrained there); its
-        # item-item part h carries it (its neighbours' IDs are trained)
+        # a cold item's own ID is untrained: 0 in the user-item part, which is then estimated
+        # from its warm content neighbours (evaluation); its item-item part h is its neighbours'
         user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
                                 self.num_ui_layers, lambda u, i: graph.propagate_pair(u, i, blocks))
         if self.cold is not None:

@@ -46,7 +46,7 @@ class GRCN(GraphRecommender):
 
     Cold items (no training interaction) have no edges and an untrained ID embedding: their
     content part :math:`\mathbf h^m_i` is scored against every user's prototypes, and their
-    ID part is the similarity-weighted mean of the ID parts of their warm content neighbours
+    ID part is estimated from the ID parts of their warm content neighbours
     (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in the paper; with
     ``cold_neighbours=0`` it is 0).
 

@@ -53,7 +53,7 @@ class LATTICE(GraphRecommender):
 
     Cold items (no training interaction) have no user-item edges and an untrained ID
     embedding: their user-item part :math:`\bar{\mathbf e}_i` is set to 0 in training and, at
-    evaluation, to the similarity-weighted mean of their warm content neighbours'
+    evaluation, to an estimate from their warm content neighbours'
     (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in the paper;
     ``cold_neighbours=0``: 0). Their item-item part comes from both graphs as for any item.
 

@@ -72,8 +72,8 @@ class MMGCN(GraphRecommender):
 
     Cold items (no training interaction; an extension, not in the paper): a cold item has no
     neighbours to aggregate and an untrained ID embedding (set to 0), so its tower outputs
-    are unlike any item seen in training; its final representation is the
-    similarity-weighted mean of those of its warm content neighbours
+    are unlike any item seen in training; its final representation is estimated from
+    those of its warm content neighbours
     (:class:`~mmrec.models.base.ColdItemNeighbours`; ``cold_neighbours=0``: its own tower
     outputs).
 
