@@ -108,3 +108,18 @@ def test_top_items_blocks_unknown_and_exclusions(splits):
         assert not unknown[top].any()
         assert not train.contains(users.unsqueeze(1), top).any()
         assert not valid.contains(users.unsqueeze(1), top).any()
+
+
+def test_top_items_ranks_nan_scores_last_and_warns():
+    from mmrec.evaluation.ranking import top_items
+
+    scores = torch.randn(4, 30, generator=torch.Generator().manual_seed(2))
+    scores[2, 3] = scores[2, 7] = torch.nan
+    history = InteractionMatrix([2, 2], [5, 9], 4, 30)
+    with pytest.warns(RuntimeWarning, match="2 NaN scores among 4 ranked users"):
+        top, values = top_items(lambda us: scores[us].clone(), torch.arange(4), [history], 30)
+    # torch.topk alone would put items 3 and 7 first
+    assert set(top[2, :26].tolist()) == set(range(30)) - {3, 5, 7, 9}
+    assert torch.isfinite(values[2, :26]).all() and torch.isneginf(values[2, 26:]).all()
+    ref = top_items(lambda us: scores[us].clone(), torch.tensor([0, 1, 3]), [history], 30)[0]
+    assert torch.equal(top[[0, 1, 3]], ref)  # rows without NaN untouched

@@ -5,6 +5,7 @@ Nothing here knows about models: callers pass a ``score_fn(users) -> [B, num_ite
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -33,6 +34,9 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
         block: users scored at once (``None``: all ``B``). On a CPU a block whose ``[block, I]``
             score matrix fits in the cache (~128 users for ~7k items) makes the product, the
             masking and the top-k read cache instead of memory; the result does not depend on it.
+
+    NaN scores (a diverged model) are ranked last, as ``-inf``, with a ``RuntimeWarning``:
+    ranking them first, as ``torch.topk`` does, would recommend arbitrary items.
     """
     block = block or max(len(users), 1)
     unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
@@ -45,9 +49,20 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
         for matrix in exclude:
             row, col = matrix.gather(us)
             scores[row, col] = -torch.inf
-        top = torch.topk(scores, k=k, dim=1)  # [b, k]
-        ids.append(top.indices)
-        values.append(top.values)
+        top_values, top_ids = torch.topk(scores, k=k, dim=1)  # [b, k]
+        # torch.topk ranks NaN first, so a row with a NaN shows one in its top k: redo only
+        # those rows (rare) with NaN as -inf
+        nan_top = top_values.isnan()  # [b, k]
+        if bool(nan_top.any()):
+            nan_rows = nan_top.any(dim=1).nonzero().squeeze(1)
+            sub = scores[nan_rows]  # [n, I]
+            nan_mask = sub.isnan()
+            top_values[nan_rows], top_ids[nan_rows] = torch.topk(sub.masked_fill_(nan_mask, -torch.inf), k=k, dim=1)
+            warnings.warn(f"{int(nan_mask.sum())} NaN scores among {len(us)} ranked users were ranked last: "
+                          f"the model has probably diverged (lower the learning rate?)", RuntimeWarning,
+                          stacklevel=2)
+        ids.append(top_ids)
+        values.append(top_values)
     return torch.cat(ids), torch.cat(values)
 
 
