@@ -331,3 +331,26 @@ def test_grcn_routing_stop_gradient_keeps_the_forward(graph, features):
     p.sum().backward()
     assert model.prototype_init.grad is not None and model.prototype_init.grad.abs().sum() > 0
     assert all(w.grad is not None for w in model.fusion.projector.parameters() if w.dim() == 2)
+
+
+@pytest.mark.parametrize("concat", [False, True])
+def test_mmgcn_tower_equals_dense_equations(graph, concat):
+    """The tower against the docstring's equations on the dense normalised adjacency,
+    ``h = LeakyReLU(A_hat (X W^T + b))`` with every node's message mapped before aggregation."""
+    from mmrec.models.mmgcn import _ModalityGCN
+
+    torch.manual_seed(3)
+    tower = _ModalityGCN(U, D, num_layers=2, concat=concat)
+    for p in tower.parameters():  # non-zero biases: the bias of aggregated messages is tested too
+        torch.nn.init.normal_(p)
+    item_x, id_user, id_item = torch.randn(I, D), torch.randn(U, D), torch.randn(I, D)
+    x_u, x_i = tower(graph, item_x, id_user, id_item)
+    a_hat = graph.dense_adjacency()  # [U+I, U+I]
+    x = torch.cat([F.normalize(tower.preference.weight, dim=1), F.normalize(item_x, dim=1)])
+    ids = torch.cat([id_user, id_item])
+    for layer in range(2):
+        h = F.leaky_relu(a_hat @ tower.conv[layer](x))
+        s = F.leaky_relu(tower.self_[layer](x)) + ids
+        x = F.leaky_relu(tower.combine[layer](torch.cat([h, s], 1))) if concat else F.leaky_relu(h + s)
+    torch.testing.assert_close(x_u, x[:U], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_i, x[U:], atol=1e-5, rtol=1e-5)
