@@ -214,8 +214,9 @@ class GraphSumFusion(Fusion):
         w = torch.tensor([float((weights or {}).get(m, 1.0)) for m in self.names])
         unknown = set(weights or {}) - set(self.names)
         if unknown:
-            raise ValueError(f"graph_sum weights name unknown modalities {sorted(unknown)}; "
-                             f"the dataset has {self.names}")
+            raise ValueError(f"graph_sum weights name unknown modalities {sorted(unknown)}; the dataset "
+                             f"has {self.names}: set fusion.weights (e.g. fusion.weights=null for equal "
+                             f"weights)")
         self.register_buffer("weights", w / w.sum(), persistent=False)
 
 

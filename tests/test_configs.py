@@ -88,3 +88,15 @@ def test_model_rejects_fusion_it_does_not_support(make_cfg):
         build(make_cfg(["model=mmgcn", "fusion=concat"]))
     with pytest.raises(ConfigError, match="LightGCN accepts fusion in \\['none'\\]"):
         build(make_cfg(["fusion=attention"]))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model=freedom"], [0.1, 0.9]),  # FREEDOM's mm_image_weight, whatever fusion= says
+    (["model=freedom", "fusion=graph_sum"], [0.1, 0.9]),
+    (["model=freedom", "model.graph_weights.image=0.9"], [0.5, 0.5]),
+    (["model=freedom", "fusion.weights=null"], [0.5, 0.5]),
+    (["model=lattice"], [0.5, 0.5]),  # no graph_weights: equal
+])
+def test_graph_sum_weights_default_to_the_models(overrides, expected):
+    fusion = instantiate(compose_cfg(overrides).fusion)(feature_dims={"image": 4, "text": 3})
+    assert fusion.weights.tolist() == pytest.approx(expected)

@@ -45,8 +45,14 @@ class FREEDOM(GraphRecommender):
     neighbours' (:class:`~mmrec.models.base.ColdItemNeighbours`; an extension, not in the
     paper; ``cold_neighbours=0``: 0).
 
-    Deviations: pruning is re-sampled every step instead of every epoch (no state kept
-    between steps); a missing modality's projection is a learned vector, not zeros.
+    Deviations from the reference code (MMRec / the authors' repository): pruning is
+    re-sampled every step instead of every epoch (no state kept between steps); a missing
+    modality's projection is a learned vector, not zeros; each item's ``knn_k`` neighbours
+    exclude the item itself (the reference's top-k includes it, so it links to itself and
+    ``k - 1`` others); the raw features are constants, while the reference fine-tunes them
+    through the per-modality BPR terms. As in the reference, the graphs are weighted
+    image 0.1, text 0.9 (``model.graph_weights``, the default of ``fusion.weights``), there is
+    no L2 term (``l2_weight: 0``), and the learning rate is constant.
 
     Args:
         num_users, num_items: numbers of users and items.
