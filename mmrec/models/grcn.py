@@ -55,7 +55,15 @@ class GRCN(GraphRecommender):
     refining (the prototypes already aggregate the user's items); gradients flow through the
     last routing round only (the earlier rounds choose the routing weights under a
     stop-gradient, as capsule-routing implementations do), which halves the step's sparse
-    work at ``routing_iters=3``.
+    work at ``routing_iters=3``. Against the MMRec / authors' code: there an edge's weight is
+    a softmax attention over the node's edges times a learned per-node confidence (here the
+    prototype-content cosine; pruning is the same ``relu``); ID embeddings are
+    L2-normalised, summed over neighbours with the refined weights and over layers (here
+    normalised by weighted degrees and averaged over layers, LightGCN style); an item's
+    content part also adds one attention hop over its users' preferences, a collaborative
+    term this content part has not; the L2 term there covers the modality preferences too
+    (here the ID embeddings only). Their routing step is in effect a no-op (its messages are
+    sent from users to items, so users receive nothing); here routing runs as the paper says.
 
     Args:
         num_users, num_items: numbers of users and items.

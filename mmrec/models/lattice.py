@@ -62,7 +62,14 @@ class LATTICE(GraphRecommender):
     training epoch (the reference code also rebuilds it once per epoch), while the edge
     *values* are recomputed from the current :math:`W_m` in every forward, so gradients reach
     :math:`W_m` at every step; items missing a modality get no edges in that modality's
-    graphs (they are not compared by cosine).
+    graphs (they are not compared by cosine). Against the MMRec reference code: the
+    user-item graph is LightGCN's :math:`D^{-1/2}AD^{-1/2}` (MMRec: :math:`D^{-1}(A+I)`); the
+    initial graph is binary without self loops (MMRec: cosine values, the item itself among
+    its top-k); the learned graph's values are :math:`\mathrm{relu}(\cos)` and each modality is
+    normalised before the weighted sum (MMRec: fused, then normalised once); the L2 term is
+    on the batch's ego embeddings (MMRec: on the final ones); the learning rate is constant
+    (MMRec: :math:`\times 0.96` every 50 epochs); the raw features are constants (MMRec
+    fine-tunes them).
 
     Args:
         num_users, num_items: numbers of users and items.

@@ -69,12 +69,17 @@ class MMGCN(GraphRecommender):
     modalities are combined at the score level (``fusion=late``):
     :math:`\hat y_{ui} = \sum_m w_m \langle \mathbf{x}^{L,m}_u, \mathbf{x}^{L,m}_i\rangle`.
 
-    Fixes against a popular reimplementation: the ID embedding is an ``nn.Embedding`` (it was
-    a plain tensor, never trained) and ``concat`` is a typed bool (a ``'False'`` string flag
-    was always true). Deviations from the paper: aggregation uses the symmetric
-    normalisation of LightGCN rather than a plain sum; the modality representations are
-    combined by late fusion of scores rather than by summing them, which removes the
-    cross-modality terms :math:`\langle x^m_u, x^{m'}_i\rangle`.
+    Fixes against a popular reimplementation (MMRec's, like the authors'): the ID embedding
+    and the user preferences are trained parameters (there they were plain tensors, never
+    trained, so that their L2 term did nothing) and ``concat`` is a typed bool (a ``'False'``
+    string flag was always true, so the concat variant always ran, with 3 layers whatever
+    ``n_layers`` said). Deviations: aggregation uses the symmetric normalisation of LightGCN
+    (the references average over neighbours); the modality representations are combined by
+    late fusion of scores rather than averaged, which removes the cross-modality terms
+    :math:`\langle x^m_u, x^{m'}_i\rangle`; every modality is projected to the same ``d``
+    (the references: image through an MLP to 256, text kept at 384); the sum variant adds
+    :math:`\mathbf h` directly (the references map it by a linear layer first); the
+    aggregation maps :math:`W_l` have a bias (not in the references); 2 layers by default.
 
     Cold items (no training interaction; an extension, not in the paper): a cold item has no
     neighbours to aggregate and an untrained ID embedding (set to 0), so its tower outputs

@@ -29,7 +29,9 @@ class VBPR(GraphRecommender):
 
     Deviations: the item bias and the visual bias term :math:`\beta'^\top f_i` are omitted
     (as in the MMRec toolbox); features are projected by the fusion's projector instead of
-    one matrix :math:`E` over concatenated raw features.
+    one matrix :math:`E` over concatenated raw features; the L2 term covers
+    :math:`\gamma_u, \theta_u, \gamma_i` (MMRec: unsquared norms of the whole user and item
+    vectors, projection output included).
 
     Cold items (no training interaction) have an untrained :math:`\gamma_i`, which is set
     to 0 (:meth:`known_item_ids`), and a real content vector, so they are ranked by content.
