@@ -111,15 +111,20 @@ class BipartiteGraph(nn.Module):
         known[items] = True
         self.register_buffer("item_known", known, persistent=False)  # [I] bool
         # The fixed pattern for propagation with learned edge values (GRCN): CSR structure of
-        # [U, I] and [I, U] and the permutation from edge order to each CSR order.
-        for name, rows, cols, n_rows, n_cols in (("ui", users, items, self.num_users, self.num_items),
-                                                  ("iu", items, users, self.num_items, self.num_users)):
-            order = torch.argsort(rows * n_cols + cols)
+        # [U, I] and [I, U]. Edges come user-major with ascending items (InteractionMatrix
+        # order), which *is* the [U, I] CSR order: edge-ordered values are its CSR values as
+        # they are; the [I, U] pattern keeps the permutation from edge order to its order.
+        if users.numel() > 1 and not bool(((users[1:] - users[:-1]) * self.num_items
+                                           + items[1:] - items[:-1] > 0).all()):
+            raise ValueError("training pairs must be user-major with ascending items (InteractionMatrix.pairs())")
+        for name, rows, cols, n_rows in (("ui", users, items, self.num_users), ("iu", items, users, self.num_items)):
             crow = torch.zeros(n_rows + 1, dtype=torch.long)
             crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
             self.register_buffer(f"{name}_crow", crow, persistent=False)
-            self.register_buffer(f"{name}_col", cols[order], persistent=False)
-            self.register_buffer(f"{name}_perm", order, persistent=False)
+        iu_order = torch.argsort(items * self.num_users + users)  # [E]: edge index of each [I, U] CSR slot
+        self.register_buffer("ui_col", items, persistent=False)
+        self.register_buffer("iu_col", users[iu_order], persistent=False)
+        self.register_buffer("iu_perm", iu_order, persistent=False)
 
     @property
     def num_nodes(self) -> int:
@@ -153,9 +158,12 @@ class BipartiteGraph(nn.Module):
     def _pattern(self, side: str, values: torch.Tensor | None = None) -> torch.Tensor:
         """The ``[U, I]`` (``side="ui"``) or ``[I, U]`` (``"iu"``) CSR matrix of the training
         edges carrying edge-ordered ``values [E]`` (zeros: the bare pattern)."""
-        crow, col, perm = getattr(self, f"{side}_crow"), getattr(self, f"{side}_col"), getattr(self, f"{side}_perm")
+        crow, col = getattr(self, f"{side}_crow"), getattr(self, f"{side}_col")
         shape = (self.num_users, self.num_items) if side == "ui" else (self.num_items, self.num_users)
-        vals = col.new_zeros(col.shape, dtype=torch.float32) if values is None else values[perm]
+        if values is None:
+            vals = col.new_zeros(col.shape, dtype=torch.float32)
+        else:
+            vals = values if side == "ui" else values[self.iu_perm]  # edge order is the [U, I] CSR order
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return torch.sparse_csr_tensor(crow, col, vals, shape)
@@ -164,10 +172,7 @@ class BipartiteGraph(nn.Module):
         """``[E]`` dot products ``<a_user[u_e], b_item[i_e]>`` in edge order, without
         materialising ``[E, d]`` gathers (sampled dense-dense product on the CSR pattern)."""
         pattern = self._pattern("ui").to(a_user.dtype)
-        csr_vals = torch.sparse.sampled_addmm(pattern, a_user, b_item.T, beta=0.0).values()  # [E], CSR order
-        out = torch.empty_like(csr_vals)
-        out[self.ui_perm] = csr_vals
-        return out
+        return torch.sparse.sampled_addmm(pattern, a_user, b_item.T, beta=0.0).values()  # [E], = edge order
 
     def edge_dot(self, a_user: torch.Tensor, b_item: torch.Tensor) -> torch.Tensor:
         """``[E]`` per-edge dot products ``<a_u, b_i>`` (differentiable in both; the backward
