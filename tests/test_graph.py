@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mmrec.data.interactions import InteractionMatrix
@@ -34,3 +35,13 @@ def test_propagate_and_its_gradient_match_dense():
 
 def test_graph_buffers_are_not_checkpointed():
     assert _graph().state_dict() == {}
+
+
+def test_graph_requires_user_major_pairs(monkeypatch):
+    """Edge order is used as the [U, I] CSR order (no permutation): other orders are refused."""
+    train = InteractionMatrix([0, 0, 1, 2], [1, 3, 0, 2], 3, 4)
+    users, items = train.pairs()
+    assert BipartiteGraph(train).num_users == 3
+    monkeypatch.setattr(InteractionMatrix, "pairs", lambda self: (users.flip(0), items.flip(0)))
+    with pytest.raises(ValueError, match="user-major"):
+        BipartiteGraph(train)
