@@ -88,12 +88,14 @@ class BipartiteGraph(nn.Module):
         edge_index: ``[2, E]`` training (user, item) pairs (item ids not offset), for models
             that re-weight or prune edges themselves.
         edge_weight: ``[E]`` symmetric-normalisation weight of each edge.
+        item_weight_sum: ``[I]`` :math:`\\sum_u \\tilde R_{ui}` (MMGCN: the bias its items receive).
     """
 
     norm_ui: torch.Tensor
     norm_iu: torch.Tensor
     edge_index: torch.Tensor
     edge_weight: torch.Tensor
+    item_weight_sum: torch.Tensor
 
     def __init__(self, train: InteractionMatrix):
         super().__init__()
@@ -114,17 +116,19 @@ class BipartiteGraph(nn.Module):
         # [U, I] and [I, U]. Edges come user-major with ascending items (InteractionMatrix
         # order), which *is* the [U, I] CSR order: edge-ordered values are its CSR values as
         # they are; the [I, U] pattern keeps the permutation from edge order to its order.
-        if users.numel() > 1 and not bool(((users[1:] - users[:-1]) * self.num_items
-                                           + items[1:] - items[:-1] > 0).all()):
+        keys = users * self.num_items + items  # [E]
+        if not bool((keys[1:] > keys[:-1]).all()):
             raise ValueError("training pairs must be user-major with ascending items (InteractionMatrix.pairs())")
-        for name, rows, cols, n_rows in (("ui", users, items, self.num_users), ("iu", items, users, self.num_items)):
+        for name, rows, n_rows in (("ui", users, self.num_users), ("iu", items, self.num_items)):
             crow = torch.zeros(n_rows + 1, dtype=torch.long)
             crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
             self.register_buffer(f"{name}_crow", crow, persistent=False)
         iu_order = torch.argsort(items * self.num_users + users)  # [E]: edge index of each [I, U] CSR slot
-        self.register_buffer("ui_col", items, persistent=False)
         self.register_buffer("iu_col", users[iu_order], persistent=False)
         self.register_buffer("iu_perm", iu_order, persistent=False)
+        # sum_u R~_ui per item [I]: what a constant message of 1 from every user sums to
+        self.register_buffer("item_weight_sum", torch.zeros(self.num_items).index_add_(0, items, weight),
+                             persistent=False)
 
     @property
     def num_nodes(self) -> int:
@@ -158,12 +162,13 @@ class BipartiteGraph(nn.Module):
     def _pattern(self, side: str, values: torch.Tensor | None = None) -> torch.Tensor:
         """The ``[U, I]`` (``side="ui"``) or ``[I, U]`` (``"iu"``) CSR matrix of the training
         edges carrying edge-ordered ``values [E]`` (zeros: the bare pattern)."""
-        crow, col = getattr(self, f"{side}_crow"), getattr(self, f"{side}_col")
+        crow = getattr(self, f"{side}_crow")
+        col = self.edge_index[1] if side == "ui" else self.iu_col  # edge order is the [U, I] CSR order
         shape = (self.num_users, self.num_items) if side == "ui" else (self.num_items, self.num_users)
         if values is None:
             vals = col.new_zeros(col.shape, dtype=torch.float32)
         else:
-            vals = values if side == "ui" else values[self.iu_perm]  # edge order is the [U, I] CSR order
+            vals = values if side == "ui" else values[self.iu_perm]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             return torch.sparse_csr_tensor(crow, col, vals, shape)

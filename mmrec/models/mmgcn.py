@@ -28,15 +28,13 @@ class _ModalityGCN(nn.Module):
                 id_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_u = F.normalize(self.preference.weight, dim=1)  # [U, d]
         x_i = F.normalize(item_x, dim=1)  # [I, d]
-        # sum_u R~_iu per item [I, 1]: carries the bias of the users' messages (below)
-        item_sums = torch.sparse.mm(graph.norm_iu, x_u.new_ones(x_u.shape[0], 1)) if len(self.conv) else None
         for layer in range(len(self.conv)):
             # Aggregation: messages W_l x_j + b_l from neighbours over the normalised graph.
             # Items receive R~^T (x_u W^T + 1 b^T) = (R~^T x_u) W^T + (R~^T 1) b^T: the same
             # value with the linear map applied to I aggregated rows instead of U user rows.
             conv = self.conv[layer]
             h_u, agg_i = graph.propagate_pair(x_u, conv(x_i))  # [U, d], [I, d]
-            h_i = F.linear(agg_i, conv.weight) + item_sums * conv.bias
+            h_i = F.linear(agg_i, conv.weight) + graph.item_weight_sum.unsqueeze(1) * conv.bias  # [I, d]
             h_u, h_i = F.leaky_relu(h_u), F.leaky_relu(h_i)
             # Own representation plus the (shared) ID embedding.
             s_u = F.leaky_relu(self.self_[layer](x_u)) + id_user
