@@ -123,3 +123,87 @@ def test_top_items_ranks_nan_scores_last_and_warns():
     assert torch.isfinite(values[2, :26]).all() and torch.isneginf(values[2, 26:]).all()
     ref = top_items(lambda us: scores[us].clone(), torch.tensor([0, 1, 3]), [history], 30)[0]
     assert torch.equal(top[[0, 1, 3]], ref)  # rows without NaN untouched
+
+
+def _stable_hits(scores: torch.Tensor, users: torch.Tensor, exclude, truth, k: int,
+                 unknown: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference hit matrix: mask, NaN -> -inf, stable descending sort (ties by item id)."""
+    s = scores.clone()
+    if unknown is not None:
+        s[:, unknown] = -torch.inf
+    for matrix in exclude:
+        row, col = matrix.gather(users)
+        s[row, col] = -torch.inf
+    s = s.masked_fill(s.isnan(), -torch.inf)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+    row, col = truth.gather(users)
+    relevant = torch.zeros_like(s, dtype=torch.bool)
+    relevant[row, col] = True
+    return relevant.gather(1, order)
+
+
+def test_ranked_hits_equal_top_k_hits(splits):
+    from mmrec.evaluation.ranking import hits_of, ranked_hits, top_items
+
+    train, valid, test = splits
+    users = test.users_with_items()
+    scores = torch.randn(len(users), I, generator=torch.Generator().manual_seed(3))
+    unknown = torch.zeros(I, dtype=torch.bool)
+    unknown[[4, 50]] = True
+    cold = torch.zeros(I, dtype=torch.bool)
+    cold[::4] = True
+    groups = {"": None, "cold/": cold, "warm/": ~cold}
+    fn = lambda us: scores[torch.searchsorted(users, us)].clone()  # noqa: E731
+    top, _ = top_items(fn, users, [train, valid], 20, unknown)
+    expected = hits_of(top, users, test, I, groups)
+    assert expected[""][0].any()  # the comparison is not between empty matrices
+    for block in (None, 1, 7):
+        out = ranked_hits(fn, users, [train, valid], test, 20, unknown, block, groups)
+        for g in groups:
+            assert torch.equal(out[g][0], expected[g][0]), (block, g)
+            assert torch.equal(out[g][1], expected[g][1]), (block, g)
+
+
+@pytest.mark.parametrize("case", ["ties", "constant", "tiny_catalogue", "infinite"])
+def test_ranked_hits_break_ties_by_item_id(case):
+    from mmrec.evaluation.ranking import ranked_hits
+
+    g = torch.Generator().manual_seed(4)
+    n_users, n_items, k = 12, 30, 10
+    if case == "tiny_catalogue":
+        n_items, k = 6, 10  # fewer items than the cut-off: masked items fill the tail
+    keys = torch.randperm(n_users * n_items, generator=g)[: n_users * n_items // 3]
+    users_, items_ = keys // n_items, keys % n_items
+    half = len(keys) // 2
+    history = InteractionMatrix(users_[:half], items_[:half], n_users, n_items)
+    truth = InteractionMatrix(users_[half:], items_[half:], n_users, n_items)
+    users = truth.users_with_items()
+    scores = torch.randint(0, 3, (len(users), n_items), generator=g).float()  # many ties
+    if case == "constant":
+        scores = torch.zeros(len(users), n_items)
+    if case == "infinite":
+        scores[scores == 2] = torch.inf
+        scores[scores == 0] = -torch.inf
+    expected = _stable_hits(scores, users, [history], truth, k)
+    out = ranked_hits(lambda us: scores[torch.searchsorted(users, us)].clone(), users, [history], truth, k,
+                      block=5)[""][0]
+    assert torch.equal(out[:, :n_items], expected)
+    assert not out[:, n_items:].any()  # a list longer than the catalogue has no hit past its end
+    if case == "constant":  # equal scores are not all hits: ranked by item id
+        assert out.sum() < truth.nnz
+
+
+def test_ranked_hits_rank_nan_last_and_warn():
+    from mmrec.evaluation.ranking import ranked_hits
+
+    scores = torch.randn(4, 30, generator=torch.Generator().manual_seed(5))
+    truth = InteractionMatrix([0, 1, 2, 2, 3], [3, 8, 3, 12, 0], 4, 30)
+    scores[2, 3] = scores[2, 7] = torch.nan  # a relevant item and another item of user 2
+    scores[1, :] = torch.nan  # a diverged row
+    history = InteractionMatrix([2], [5], 4, 30)
+    with pytest.warns(RuntimeWarning, match="2 of 5 relevant items have a NaN score"):
+        hits, num_pos = ranked_hits(lambda us: scores[us].clone(), torch.arange(4), [history], truth, 30)[""]
+    assert torch.equal(hits, _stable_hits(scores, torch.arange(4), [history], truth, 30))
+    assert not hits[1, :8].any() and hits[1, 8]  # all NaN: ranked by item id
+    assert hits[2].sum() == 2 and hits[2, 27]  # NaN item 3: after the 27 finite items, first of the -inf ties
+    assert num_pos.tolist() == [1, 1, 2, 1]

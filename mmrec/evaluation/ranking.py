@@ -1,17 +1,53 @@
-"""Full-ranking evaluation: score every item for a chunk of users, mask history, one top-k.
+"""Full-ranking evaluation: score every item for a block of users, mask their history, and
+find where the relevant items rank.
 
-Nothing here knows about models: callers pass a ``score_fn(users) -> [B, num_items]``.
+Metrics need only the hit matrix ``hits[u, r]`` (the item at rank ``r`` of user ``u`` is
+relevant), so evaluation counts each relevant item's rank (:func:`ranked_hits`) instead of
+selecting a top-k list per user; :func:`top_items` builds the lists where they are shown
+(recommendation tables). Both give the same hits (tested). Nothing here knows about models:
+callers pass a ``score_fn(users) -> [B, num_items]``.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from mmrec.data.interactions import InteractionMatrix
 from mmrec.evaluation.metrics import compute_all
+
+
+def _user_blocks(users: torch.Tensor, block: int, pair_sets: Sequence[InteractionMatrix]
+                 ) -> Iterator[tuple[int, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Yield ``(start, users[start:start + block], pairs)`` with ``pairs[s] = (row, item)``, the
+    pairs of ``pair_sets[s]`` for that block (``row`` indexes the block). Each set is gathered
+    once for all ``users`` and cut per block, not gathered per block."""
+    gathered = [matrix.gather(users) for matrix in pair_sets]  # (row [P], item [P]), row ascending
+    starts = list(range(0, max(len(users), 1), block))
+    edges = torch.tensor(starts + [len(users)], device=users.device)
+    cuts = [torch.searchsorted(row, edges).tolist() for row, _ in gathered]
+    for n, start in enumerate(starts):
+        yield start, users[start:start + block], [(row[cut[n]:cut[n + 1]] - start, col[cut[n]:cut[n + 1]])
+                                                  for (row, col), cut in zip(gathered, cuts)]
+
+
+def _mask_(scores: torch.Tensor, unknown_ids: torch.Tensor | None,
+           exclude: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Set the ``unknown`` items and the ``exclude`` pairs of ``scores`` ``[b, I]`` to ``-inf``,
+    in place (no ``[b, I]`` copy)."""
+    if unknown_ids is not None and unknown_ids.numel():
+        scores.index_fill_(1, unknown_ids, float("-inf"))
+    for row, col in exclude:
+        scores[row, col] = -torch.inf
+    return scores
+
+
+def _nan_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN replaced by ``-inf`` (a copy only when there is a NaN)."""
+    nan = x.isnan()
+    return x.masked_fill(nan, -torch.inf) if bool(nan.any()) else x
 
 
 def rank_top(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
@@ -41,14 +77,8 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
     block = block or max(len(users), 1)
     unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
     ids, values = [], []
-    for start in range(0, max(len(users), 1), block):
-        us = users[start:start + block]
-        scores = score_fn(us)  # [b, I]
-        if unknown_ids is not None and unknown_ids.numel():
-            scores.index_fill_(1, unknown_ids, float("-inf"))  # in place: no [b, I] copy
-        for matrix in exclude:
-            row, col = matrix.gather(us)
-            scores[row, col] = -torch.inf
+    for _, us, excluded in _user_blocks(users, block, exclude):
+        scores = _mask_(score_fn(us), unknown_ids, excluded)  # [b, I]
         top_values, top_ids = torch.topk(scores, k=k, dim=1)  # [b, k]
         # torch.topk ranks NaN first, so a row with a NaN shows one in its top k: redo only
         # those rows (rare) with NaN as -inf
@@ -64,6 +94,91 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
         ids.append(top_ids)
         values.append(top_values)
     return torch.cat(ids), torch.cat(values)
+
+
+def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k: int) -> torch.Tensor:
+    """0-based rank ``[P]`` of item ``col[p]`` in the ranking of row ``row[p]`` of ``scores``:
+    exact below ``k``, ``>= k`` for the others.
+
+    The rank is the number of items scored higher plus the items of equal score and lower
+    id: the order of a stable descending sort, so equal scores do not all count as hits.
+    NaN scores count as ``-inf`` (ranked last), as in :func:`top_items`. ``row`` must be
+    ascending (user-major pairs, as :meth:`InteractionMatrix.gather` returns them).
+
+    One comparison pass per relevant item and no sort: the first relevant item of every row
+    is compared with ``scores`` in place; the others (users with several) with a gathered
+    copy of their rows. ``sign(s - t)`` clamped at 0 counts a higher score as 1 and a lower
+    or equal one as 0; it is 0 also where ``s - t`` is NaN (``torch.sign(nan) == 0``), which
+    is right for a NaN ``s`` (ranked last) and for ``s == t == ±inf`` (a tie); only a NaN
+    target ``t`` is recounted apart. Ties are resolved only for the few pairs that may fall
+    inside the top ``k``.
+    """
+    b, num_items = scores.shape
+    rank = torch.empty(len(row), dtype=scores.dtype, device=scores.device)  # counts, exact below 2**24
+    if len(row) == 0:
+        return rank.long()
+    target = scores[row, col]  # [P]
+    first = torch.ones(len(row), dtype=torch.bool, device=row.device)  # [P] a row's first pair
+    first[1:] = row[1:] != row[:-1]
+    for sel in (first.nonzero().squeeze(1), (~first).nonzero().squeeze(1)):  # [n] pairs
+        if not sel.numel():
+            continue
+        sub = scores if len(sel) == b else scores.index_select(0, row[sel])  # [n, I]
+        rank[sel] = (sub - target[sel].unsqueeze(1)).sign_().clamp_(min=0).sum(1)
+    nan_target = target.isnan().nonzero().squeeze(1)  # ranked as -inf: count the finite scores
+    if nan_target.numel():
+        sub = _nan_last(scores.index_select(0, row[nan_target]))  # [n, I]
+        rank[nan_target] = (sub > -torch.inf).sum(1).to(rank.dtype)
+    rank = rank.long()
+    near = (rank < k).nonzero().squeeze(1)  # pairs that may be hits: add their ties
+    if near.numel():
+        sub = _nan_last(scores.index_select(0, row[near]))  # [n, I]
+        t = _nan_last(target[near])
+        lower_id = torch.arange(num_items, device=scores.device).unsqueeze(0) < col[near].unsqueeze(1)  # [n, I]
+        rank[near] += ((sub == t.unsqueeze(1)) & lower_id).sum(1)
+    return rank
+
+
+def ranked_hits(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Tensor,
+                exclude: Sequence[InteractionMatrix], truth: InteractionMatrix, k: int,
+                unknown: torch.Tensor | None = None, block: int | None = None,
+                item_groups: dict[str, torch.Tensor | None] | None = None
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Full-ranking hit matrices of ``users`` ``[B]``: ``{group: (hits [B, k] bool, num_pos [B])}``.
+
+    The same figures as ranking every item with :func:`top_items` and marking the relevant
+    ones (:func:`hits_of`), without building the top-k lists: each relevant item's rank is
+    counted (:func:`relevant_ranks`), and ``hits[u, r]`` is set where a relevant item of
+    ``u`` has rank ``r < k``. Masking (``exclude``, ``unknown``) and the ``block`` size are
+    those of :func:`top_items`, ``item_groups`` those of :func:`hits_of`. NaN scores rank
+    last; a ``RuntimeWarning`` says how many relevant items had one.
+    Counting costs one comparison pass over the scores, where a top-k costs a selection per
+    row (about 2.5x slower on a CPU for ~7k items and k = 50).
+    """
+    groups = item_groups or {"": None}
+    block = block or max(len(users), 1)
+    unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
+    hits = {g: torch.zeros(len(users), k, dtype=torch.bool, device=users.device) for g in groups}
+    num_pos: dict[str, torch.Tensor] = {}
+    nan_count, rows, cols, ranks = 0, [], [], []
+    for start, us, pairs in _user_blocks(users, block, [*exclude, truth]):
+        scores = _mask_(score_fn(us), unknown_ids, pairs[:-1])  # [b, I]
+        row, col = pairs[-1]  # [P] relevant pairs, user-major
+        nan_count += int(scores[row, col].isnan().sum())
+        rank = relevant_ranks(scores, row, col, k)  # [P]
+        rows.append(row + start)
+        cols.append(col)
+        ranks.append(rank)
+    row, col, rank = torch.cat(rows), torch.cat(cols), torch.cat(ranks)  # [P] over all users
+    for name, mask in groups.items():
+        keep = rank < k if mask is None else (rank < k) & mask[col]
+        hits[name][row[keep], rank[keep]] = True
+        num_pos[name] = torch.bincount(row if mask is None else row[mask[col]], minlength=len(users))
+    if nan_count:
+        warnings.warn(f"{nan_count} of {len(row)} relevant items have a NaN score and were ranked last (NaN "
+                      f"scores rank as -inf): the model has probably diverged (lower the learning rate?)",
+                      RuntimeWarning, stacklevel=2)
+    return {g: (hits[g], num_pos[g]) for g in groups}
 
 
 def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, num_items: int,
@@ -103,8 +218,7 @@ def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[Inte
     Returns:
         ``hits [B, max_k] bool`` and ``num_pos [B]``.
     """
-    top = rank_top(scores, users, exclude, max_k)
-    return hits_of(top, users, truth, scores.shape[1])[""]
+    return ranked_hits(lambda _: scores, users, exclude, truth, max_k)[""]
 
 
 class MetricAccumulator:

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from mmrec.data.interactions import InteractionMatrix
-from mmrec.evaluation.ranking import MetricAccumulator, hits_of, top_items
+from mmrec.evaluation.ranking import MetricAccumulator, ranked_hits, top_items
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
@@ -185,8 +185,11 @@ class RecModule(L.LightningModule):
                    truth: InteractionMatrix) -> None:
         assert self._eval_embeddings is not None
         user_emb, item_emb = self._eval_embeddings
-        top, _ = self.rank(user_emb, item_emb, users, exclude, max(self.eval_ks), self._unknown)  # [B, max_k]
-        for group, (hits, num_pos) in hits_of(top, users, truth, item_emb.shape[0], self._groups).items():
+        # The hits of the ranking that :meth:`rank` returns, without building its lists.
+        block = self.rank_block if user_emb.device.type == "cpu" else None
+        groups = ranked_hits(lambda us: self.encoder.score_all(user_emb[us], item_emb), users, exclude,
+                             truth, max(self.eval_ks), self._unknown, block, self._groups)
+        for group, (hits, num_pos) in groups.items():  # hits [B, max_k], num_pos [B]
             self._accumulators[group].update(hits, num_pos)
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
