@@ -132,10 +132,15 @@ def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k
     rank = rank.long()
     near = (rank < k).nonzero().squeeze(1)  # pairs that may be hits: add their ties
     if near.numel():
-        sub = _nan_last(scores.index_select(0, row[near]))  # [n, I]
-        t = _nan_last(target[near])
-        lower_id = torch.arange(num_items, device=scores.device).unsqueeze(0) < col[near].unsqueeze(1)  # [n, I]
-        rank[near] += ((sub == t.unsqueeze(1)) & lower_id).sum(1)
+        t = _nan_last(target[near])  # [n]
+        sub = scores.index_select(0, row[near])  # [n, I]
+        if bool(torch.isneginf(t).any()):
+            sub = _nan_last(sub)  # a NaN score ties with a -inf target
+        equal = sub == t.unsqueeze(1)  # [n, I], the item itself included
+        tied = (equal.sum(1) > 1).nonzero().squeeze(1)  # rows where another item has that score
+        if tied.numel():
+            lower_id = torch.arange(num_items, device=scores.device).unsqueeze(0) < col[near[tied]].unsqueeze(1)
+            rank[near[tied]] += (equal[tied] & lower_id).sum(1)  # [n_tied, I] -> [n_tied]
     return rank
 
 

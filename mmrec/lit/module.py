@@ -74,6 +74,7 @@ class RecModule(L.LightningModule):
         self.monitor = monitor
         self.rank_block = rank_block
         self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._eval_scores: torch.Tensor | None = None
         self._groups: dict[str, torch.Tensor | None] = {}
         self._warned_cold = False
         self._unknown: torch.Tensor | None = None  # [I] bool: items an ID-only model cannot rank
@@ -160,15 +161,31 @@ class RecModule(L.LightningModule):
         scores [B, k])``, with the ``exclude`` interactions removed and ``unknown`` items (see
         :meth:`unrankable_items`) ranked last. The one ranking used by evaluation and by the
         recommendation tables; users are scored ``rank_block`` at a time."""
-        block = self.rank_block if user_emb.device.type == "cpu" else None
-        return top_items(lambda us: self.encoder.score_all(user_emb[us], item_emb),
-                         users, exclude, k, unknown, block)
+        return top_items(self._scorer(user_emb, item_emb), users, exclude, k, unknown,
+                         self._block(user_emb))
+
+    def _block(self, user_emb: torch.Tensor) -> int | None:
+        return self.rank_block if user_emb.device.type == "cpu" else None
+
+    def _scorer(self, user_emb: torch.Tensor, item_emb: torch.Tensor,
+                workspace: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``users [b] -> scores [b, I]``, written into ``workspace[:b]`` when given: each
+        block's scores are consumed before the next block is scored, and reusing one buffer
+        spares the allocator a fresh ``[b, I]`` tensor per block (~7% of a CPU pass)."""
+        if workspace is None:
+            return lambda us: self.encoder.score_all(user_emb[us], item_emb)
+        return lambda us: self.encoder.score_all(user_emb[us], item_emb, out=workspace[:len(us)])
 
     def _start_eval(self) -> None:
         # Representations are computed once per evaluation pass, explicitly, and dropped
         # at its end: no cache survives into training or is filled by forward().
         with torch.no_grad():
             self._eval_embeddings = self.encoder(self.graph, self.features)
+        user_emb, item_emb = self._eval_embeddings
+        block = self._block(user_emb)
+        # One [block, I] score buffer for the whole pass (CPU blocks), dropped at its end.
+        self._eval_scores = (torch.empty(block, item_emb.shape[0], dtype=item_emb.dtype)
+                             if block is not None else None)
         # Metrics over all relevant items, and separately over warm / cold items (cold =
         # no training interaction), so it shows whether content carries cold items.
         cold = ~self.graph.item_known  # [I]: no training interaction
@@ -186,9 +203,8 @@ class RecModule(L.LightningModule):
         assert self._eval_embeddings is not None
         user_emb, item_emb = self._eval_embeddings
         # The hits of the ranking that :meth:`rank` returns, without building its lists.
-        block = self.rank_block if user_emb.device.type == "cpu" else None
-        groups = ranked_hits(lambda us: self.encoder.score_all(user_emb[us], item_emb), users, exclude,
-                             truth, max(self.eval_ks), self._unknown, block, self._groups)
+        groups = ranked_hits(self._scorer(user_emb, item_emb, self._eval_scores), users, exclude, truth,
+                             max(self.eval_ks), self._unknown, self._block(user_emb), self._groups)
         for group, (hits, num_pos) in groups.items():  # hits [B, max_k], num_pos [B]
             self._accumulators[group].update(hits, num_pos)
 
@@ -196,6 +212,7 @@ class RecModule(L.LightningModule):
         metrics = {f"{prefix}/{group}{k}": v for group, acc in self._accumulators.items()
                    for k, v in acc.compute().items()}
         self._eval_embeddings = None
+        self._eval_scores = None
         self._accumulators = {}
         for key, value in metrics.items():
             self.log(key, value, prog_bar=key == self.monitor)

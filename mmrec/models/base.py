@@ -63,9 +63,11 @@ class GraphRecommender(nn.Module):
         """Scores of aligned rows: ``[..., d] x [..., d] -> [...]`` (dot product)."""
         return (user_emb * item_emb).sum(dim=-1)
 
-    def score_all(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-        """Scores of every item for each user row: ``[B, d] x [I, d] -> [B, I]``."""
-        return user_emb @ item_emb.T
+    def score_all(self, user_emb: torch.Tensor, item_emb: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every item for each user row: ``[B, d] x [I, d] -> [B, I]``, written into
+        ``out`` (``[B, I]``) when given, so that evaluation can reuse one buffer."""
+        return torch.mm(user_emb, item_emb.T, out=out)
 
     def auxiliary_loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
                        items: torch.Tensor, features=None) -> torch.Tensor | None:
