@@ -207,3 +207,23 @@ def test_ranked_hits_rank_nan_last_and_warn():
     assert not hits[1, :8].any() and hits[1, 8]  # all NaN: ranked by item id
     assert hits[2].sum() == 2 and hits[2, 27]  # NaN item 3: after the 27 finite items, first of the -inf ties
     assert num_pos.tolist() == [1, 1, 2, 1]
+
+
+def test_metric_accumulator_flushes_give_the_mean_over_users():
+    from mmrec.evaluation.metrics import compute_all
+    from mmrec.evaluation.ranking import MetricAccumulator
+
+    g = torch.Generator().manual_seed(6)
+    hits = torch.rand(50, 20, generator=g) < 0.2
+    num_pos = torch.randint(0, 4, (50,), generator=g)  # some users have no relevant item
+    num_pos = torch.maximum(num_pos, hits.sum(1) * (num_pos > 0))
+    keep = num_pos > 0
+    expected = {f"{name}@{k}": float(v[:, j].mean()) for name, v in
+                compute_all(hits[keep], num_pos[keep], [5, 20]).items() for j, k in enumerate([5, 20])}
+    for flush_users in (1, 7, 1000):
+        acc = MetricAccumulator([5, 20], flush_users=flush_users)
+        for start in range(0, 50, 9):
+            acc.update(hits[start:start + 9], num_pos[start:start + 9])
+        assert acc.num_users == int(keep.sum())
+        assert acc.compute() == pytest.approx(expected)
+    assert MetricAccumulator([5]).compute() == {}

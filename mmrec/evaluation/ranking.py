@@ -96,7 +96,13 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
     return torch.cat(ids), torch.cat(values)
 
 
-def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k: int) -> torch.Tensor:
+def _count_dtype(num_items: int) -> torch.dtype:
+    """Float type whose sums of 0/1 are exact for ``num_items`` terms (float32 up to 2**24)."""
+    return torch.float32 if num_items < 2 ** 24 else torch.float64
+
+
+def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k: int,
+                   workspace: torch.Tensor | None = None) -> torch.Tensor:
     """0-based rank ``[P]`` of item ``col[p]`` in the ranking of row ``row[p]`` of ``scores``:
     exact below ``k``, ``>= k`` for the others.
 
@@ -107,14 +113,16 @@ def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k
 
     One comparison pass per relevant item and no sort: the first relevant item of every row
     is compared with ``scores`` in place; the others (users with several) with a gathered
-    copy of their rows. ``sign(s - t)`` clamped at 0 counts a higher score as 1 and a lower
-    or equal one as 0; it is 0 also where ``s - t`` is NaN (``torch.sign(nan) == 0``), which
-    is right for a NaN ``s`` (ranked last) and for ``s == t == ±inf`` (a tie); only a NaN
-    target ``t`` is recounted apart. Ties are resolved only for the few pairs that may fall
-    inside the top ``k``.
+    copy of their rows. ``s > t`` is written as 0/1 floats into ``workspace`` (a
+    ``[>= len(scores), I]`` buffer of :func:`_count_dtype`, reused across calls; allocated
+    when ``None``) and summed: one pass less than a bool mask cast for the sum. A NaN ``s``
+    compares false (ranked last) and ``s == t == ±inf`` is a tie; only a NaN target ``t`` is
+    recounted apart. Ties are resolved only for the few pairs that may fall inside the top
+    ``k``.
     """
     b, num_items = scores.shape
-    rank = torch.empty(len(row), dtype=scores.dtype, device=scores.device)  # counts, exact below 2**24
+    dtype = _count_dtype(num_items)
+    rank = torch.empty(len(row), dtype=dtype, device=scores.device)
     if len(row) == 0:
         return rank.long()
     target = scores[row, col]  # [P]
@@ -124,11 +132,13 @@ def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k
         if not sel.numel():
             continue
         sub = scores if len(sel) == b else scores.index_select(0, row[sel])  # [n, I]
-        rank[sel] = (sub - target[sel].unsqueeze(1)).sign_().clamp_(min=0).sum(1)
+        fits = workspace is not None and len(sel) <= len(workspace)
+        higher = workspace[:len(sel)] if fits else torch.empty(sub.shape, dtype=dtype, device=sub.device)
+        rank[sel] = torch.gt(sub, target[sel].unsqueeze(1), out=higher).sum(1)  # [n, I] 0/1 -> [n]
     nan_target = target.isnan().nonzero().squeeze(1)  # ranked as -inf: count the finite scores
     if nan_target.numel():
         sub = _nan_last(scores.index_select(0, row[nan_target]))  # [n, I]
-        rank[nan_target] = (sub > -torch.inf).sum(1).to(rank.dtype)
+        rank[nan_target] = (sub > -torch.inf).sum(1).to(dtype)
     rank = rank.long()
     near = (rank < k).nonzero().squeeze(1)  # pairs that may be hits: add their ties
     if near.numel():
@@ -166,11 +176,15 @@ def ranked_hits(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.T
     hits = {g: torch.zeros(len(users), k, dtype=torch.bool, device=users.device) for g in groups}
     num_pos: dict[str, torch.Tensor] = {}
     nan_count, rows, cols, ranks = 0, [], [], []
+    workspace = None  # [block, I] comparison buffer shared by the blocks
     for start, us, pairs in _user_blocks(users, block, [*exclude, truth]):
         scores = _mask_(score_fn(us), unknown_ids, pairs[:-1])  # [b, I]
+        if workspace is None:
+            workspace = torch.empty(len(us), scores.shape[1], dtype=_count_dtype(scores.shape[1]),
+                                    device=scores.device)
         row, col = pairs[-1]  # [P] relevant pairs, user-major
         nan_count += int(scores[row, col].isnan().sum())
-        rank = relevant_ranks(scores, row, col, k)  # [P]
+        rank = relevant_ranks(scores, row, col, k, workspace)  # [P]
         rows.append(row + start)
         cols.append(col)
         ranks.append(rank)
@@ -227,37 +241,56 @@ def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[Inte
 
 
 class MetricAccumulator:
-    """Collects per-user metric rows over chunks and averages them, overall and per group."""
+    """Averages per-user metrics over evaluation batches.
+
+    Hit matrices are kept (on the CPU) until ``flush_users`` users are pending and their
+    metrics computed then, in one call, and added to running sums: a metric call per batch
+    costs ~1 ms of fixed overhead, several times the arithmetic on a 1,024-user batch.
+    """
 
     def __init__(self, ks: Sequence[int], metrics: Sequence[str] = ("recall", "ndcg", "precision",
-                                                                     "map", "hit")):
+                                                                     "map", "hit"),
+                 flush_users: int = 1 << 16):
         self.ks = list(ks)
         self.metrics = list(metrics)
+        self.flush_users = flush_users
         self.reset()
 
     def reset(self) -> None:
-        self._rows: dict[str, list[torch.Tensor]] = {m: [] for m in self.metrics}
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_users = 0
+        self._sums: dict[str, torch.Tensor] = {}  # name -> [len(ks)] float64 sum over users
+        self._count = 0
 
     def update(self, hits: torch.Tensor, num_pos: torch.Tensor) -> None:
-        keep = num_pos > 0
-        values = compute_all(hits[keep].cpu(), num_pos[keep].cpu(), self.ks, self.metrics)
-        for name, value in values.items():
-            self._rows[name].append(value)
+        keep = num_pos > 0  # users without relevant items have no metric
+        self._pending.append((hits[keep].cpu(), num_pos[keep].cpu()))
+        self._pending_users += int(keep.sum())
+        if self._pending_users >= self.flush_users:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        hits = torch.cat([h for h, _ in self._pending])  # [n, max_k]
+        num_pos = torch.cat([n for _, n in self._pending])  # [n]
+        self._pending, self._pending_users = [], 0
+        for name, value in compute_all(hits, num_pos, self.ks, self.metrics).items():  # [n, len(ks)]
+            total = value.sum(dim=0, dtype=torch.float64)
+            self._sums[name] = self._sums[name] + total if name in self._sums else total
+        self._count += len(num_pos)
 
     @property
     def num_users(self) -> int:
-        rows = self._rows[self.metrics[0]]
-        return int(sum(r.shape[0] for r in rows))
+        return self._count + self._pending_users
 
     def compute(self) -> dict[str, float]:
-        """``{"recall@20": mean over users, ...}``."""
-        out: dict[str, float] = {}
-        for name, rows in self._rows.items():
-            if not rows:
-                continue
-            mean = torch.cat(rows).mean(dim=0)  # [len(ks)]
-            out.update({f"{name}@{k}": float(v) for k, v in zip(self.ks, mean)})
-        return out
+        """``{"recall@20": mean over users, ...}``; empty when no user had a relevant item."""
+        self._flush()
+        if self._count == 0:
+            return {}
+        return {f"{name}@{k}": float(v) / self._count for name, total in self._sums.items()
+                for k, v in zip(self.ks, total)}
 
 
 def evaluate(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: InteractionMatrix,
