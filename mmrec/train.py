@@ -30,6 +30,7 @@ from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
 from mmrec.utils.logging import finish_wandb, metrics_table
+from mmrec.utils.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
     objects = build(cfg)
     trainer: L.Trainer = objects["trainer"]
     module: RecModule = objects["module"]

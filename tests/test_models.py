@@ -354,3 +354,44 @@ def test_mmgcn_tower_equals_dense_equations(graph, concat):
         x = F.leaky_relu(tower.combine[layer](torch.cat([h, s], 1))) if concat else F.leaky_relu(h + s)
     torch.testing.assert_close(x_u, x[:U], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x_i, x[U:], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_rows_equal_the_full_forward(graph, features):
+    users, items = torch.tensor([0, 3, 3, 7]), torch.tensor([1, 2, 5, 9, 0])  # items 2, 5: no image
+    for model in _models(features):
+        model.eval()  # no dropout: both calls see the same function
+        with torch.no_grad():
+            user_emb, item_emb = model(graph, features)
+            u, i = model.forward_rows(graph, features, users, items)
+        assert torch.allclose(u, user_emb[users], atol=1e-6), type(model).__name__
+        assert torch.allclose(i, item_emb[items], atol=1e-6), type(model).__name__
+
+
+@pytest.mark.parametrize("fusion", [ConcatFusion, LateFusion])
+def test_row_only_training_step_equals_the_full_one(graph, features, fusion):
+    from mmrec.lit.module import RecModule
+    from mmrec.sampling import UniformSampler
+
+    pairs = InteractionMatrix(*_graph_pairs(graph), U, I)
+    module = RecModule(encoder=VBPR(U, I, features, partial(fusion), embedding_dim=D), sampler=UniformSampler(),
+                       graph=graph, train_matrix=pairs, valid_matrix=pairs, test_matrix=pairs, features=features,
+                       l2_weight=1e-2)
+    module.on_train_epoch_start()
+    users, pos = _graph_pairs(graph)
+    losses, grads = [], []
+    for item_local in (True, False):  # the row path, then the full forward
+        module.encoder.item_local = item_local
+        module.zero_grad()
+        torch.manual_seed(7)  # the same negatives in both steps
+        loss = module.training_step((users, pos), 0)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def _graph_pairs(graph: BipartiteGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    return graph.edge_index[0], graph.edge_index[1]

@@ -149,3 +149,12 @@ def test_id_only_model_ranks_cold_items_last(make_cfg):
             assert not cold[top].any()  # never recommended: nothing is known about them
         else:
             assert cold[top].any()  # content models score them like any other item
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from mmrec.utils.memory import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

@@ -35,6 +35,11 @@ class FeatureSet(nn.Module):
     def __len__(self) -> int:
         return len(self.names)
 
+    def rows(self, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{modality: (values [n, d_m], mask [n])}`` of ``items`` ``[n]`` only, indexable by
+        modality name like the set itself (what a fusion projector reads)."""
+        return {name: (values[items], mask[items]) for name in self.names for values, mask in [self[name]]}
+
     @property
     def dims(self) -> dict[str, int]:
         return {name: int(self[name][0].shape[1]) for name in self.names}

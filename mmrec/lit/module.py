@@ -61,6 +61,9 @@ class RecModule(L.LightningModule):
                                           "valid_matrix", "test_matrix", "features",
                                           "optimizer", "scheduler"])
         self.encoder = encoder
+        if encoder.item_local and type(encoder).auxiliary_loss is not GraphRecommender.auxiliary_loss:
+            raise TypeError(f"{type(encoder).__name__} is item_local but defines auxiliary_loss, which needs "
+                            f"the full tables that its row-only training steps do not compute")
         self.sampler = sampler
         self.graph = graph
         self.train_matrix = train_matrix
@@ -90,6 +93,14 @@ class RecModule(L.LightningModule):
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         users, pos = batch  # [B], [B]
+        if self.encoder.item_local and not (self.sampler.needs_scores or self.sampler.synthesizes):
+            # Item-local encoder (no propagation) and negatives drawn without scores: compute
+            # only the rows this step scores, each distinct item once.
+            neg = self.sampler.sample(users, pos, self.train_matrix, None)  # [B, K]
+            items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
+            distinct, where = torch.unique(items, return_inverse=True)  # [n], [B, 1 + K]
+            u, distinct_rows = self.encoder.forward_rows(self.graph, self.features, users, distinct)  # [B, d], [n, d]
+            return self._step_loss(users, items, u, distinct_rows[where])
         user_emb, item_emb = self.encoder(self.graph, self.features)  # [U, d], [I, d]
         u = user_emb[users]  # [B, d]
 
@@ -108,13 +119,19 @@ class RecModule(L.LightningModule):
             # zero-fills a full [I, d] gradient, which dominates on memory-bound CPUs.
             items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
             item_rows = item_emb[items]  # [B, 1 + K, d]
+        aux = self.encoder.auxiliary_loss(user_emb, item_emb, users, items, self.features)
+        return self._step_loss(users, items, u, item_rows, aux)
+
+    def _step_loss(self, users: torch.Tensor, items: torch.Tensor, u: torch.Tensor, item_rows: torch.Tensor,
+                   aux: torch.Tensor | None = None) -> torch.Tensor:
+        """BPR + L2 (+ the model's auxiliary term) of a step: users ``[B]``, items ``[B, 1 + K]``
+        (positive first), their representations ``u`` ``[B, d]`` and ``item_rows`` ``[B, 1 + K, d]``."""
         scores = self.encoder.score_pairs(u.unsqueeze(1), item_rows)  # [B, 1 + K]
         loss_bpr = bpr_loss(scores[:, 0], scores[:, 1:])
         user_ego, item_ego = self.encoder.ego_embeddings()
         item_ego_rows = item_ego[items]  # [B, 1 + K, d]
         loss_reg = l2_batch(user_ego[users], item_ego_rows[:, 0], item_ego_rows[:, 1:])
         loss = loss_bpr + self.l2_weight * loss_reg
-        aux = self.encoder.auxiliary_loss(user_emb, item_emb, users, items, self.features)
         if aux is not None:
             loss = loss + aux
         # Per-step self.log() costs ~1 ms of Lightning bookkeeping each; sum detached terms

@@ -26,13 +26,28 @@ class GraphRecommender(nn.Module):
             for constant structures such as kNN graphs) and ``fusion`` (a factory
             ``fusion(feature_dims, dim)`` from ``conf/fusion``) in their constructor.
         supported_fusions: names of the fusion configs (``conf/fusion``) the model accepts.
+        item_local: an item's representation depends only on its own parameters and
+            features (no propagation over the graph), so a training step may compute just
+            the rows it scores (:meth:`forward_rows`). Such a model defines no
+            :meth:`auxiliary_loss` (it would need the full tables).
     """
 
     uses_content: ClassVar[bool] = False
     supported_fusions: ClassVar[tuple[str, ...]] = ("none",)
+    item_local: ClassVar[bool] = False
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def forward_rows(self, graph: BipartiteGraph, features, users: torch.Tensor, items: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of ``forward`` for ``users`` ``[B]`` and ``items`` ``[n]``: ``([B, d], [n, d])``.
+
+        By default the full forward, then the rows. An :attr:`item_local` model overrides it
+        to compute only these rows (equal to the full forward's, tested).
+        """
+        user_emb, item_emb = self(graph, features)
+        return user_emb[users], item_emb[items]
 
     def refresh(self, features=None) -> None:
         """Recompute structure that depends on learned weights but is too costly for every

@@ -45,6 +45,7 @@ class VBPR(GraphRecommender):
 
     uses_content = True
     supported_fusions = ("concat", "attention", "gated", "late")
+    item_local = True  # no propagation: a step projects only the items it scores
 
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
                  embedding_dim: int = 64):
@@ -58,16 +59,28 @@ class VBPR(GraphRecommender):
             nn.init.xavier_uniform_(emb.weight)
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._represent(self.user_gamma.weight, self.user_theta.weight,
+                               self.known_item_ids(self.item_gamma.weight, graph), features)
+
+    def forward_rows(self, graph: BipartiteGraph, features, users: torch.Tensor, items: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Only the step's items are projected: the [I, D] x [D, d] product over the whole
+        # catalogue (and its backward) is most of an epoch with 4096-d image features.
+        gamma_i = self.item_gamma(items) * graph.item_known[items].unsqueeze(1).to(self.item_gamma.weight.dtype)
+        return self._represent(self.user_gamma(users), self.user_theta(users), gamma_i, features.rows(items))
+
+    def _represent(self, gamma_u: torch.Tensor, theta_u: torch.Tensor, gamma_i: torch.Tensor, features
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([U', 2d], [I', 2d])`` from user rows ``gamma_u``, ``theta_u`` ``[U', d]`` (late
+        fusion: ``[U', M*d]``), item ID rows ``gamma_i`` ``[I', d]`` and those items' features."""
         if isinstance(self.fusion, EarlyFusion):
-            content = self.fusion(features)  # [I, d]
-            theta = self.user_theta.weight  # [U, d]
+            content = self.fusion(features)  # [I', d]
+            theta = theta_u
         else:
-            h, _ = self.fusion.projector(features)  # [M, I, d]
-            m = h.shape[0]
-            thetas = self.user_theta.weight.chunk(m, dim=1)  # M x [U, d]
-            theta, content = self.fusion.combine(thetas, list(h))  # [U, M*d], [I, M*d]
-        return (torch.cat([self.user_gamma.weight, theta], dim=1),
-                torch.cat([self.known_item_ids(self.item_gamma.weight, graph), content], dim=1))
+            h, _ = self.fusion.projector(features)  # [M, I', d]
+            thetas = theta_u.chunk(h.shape[0], dim=1)  # M x [U', d]
+            theta, content = self.fusion.combine(thetas, list(h))  # [U', M*d], [I', M*d]
+        return torch.cat([gamma_u, theta], dim=1), torch.cat([gamma_i, content], dim=1)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.cat([self.user_gamma.weight, self.user_theta.weight], dim=1), self.item_gamma.weight)
