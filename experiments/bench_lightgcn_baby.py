@@ -148,6 +148,8 @@ def report(results: dict) -> str:
         mx, my = statistics.mean(xs), statistics.mean(rss[3:])
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, rss[3:])) / sum((x - mx) ** 2 for x in xs)
         floor_epochs = [i + 1 for i, r in enumerate(rss) if i >= 3 and r <= min(rss[3:]) + 5]
+        flat = rss[-1]
+        plateau = next((n for n in range(len(rss), 0, -1) if all(abs(r - flat) < 1 for r in rss[-n:])), 1)
         lines += ["### Memory over 30 epochs (1 layer, validation every epoch)", "",
                   f"Code: commit {mem.get('commit', 'n/a')}, {mem.get('date', '')}.", "",
                   f"RSS (MB) at the end of each epoch: {', '.join(f'{r:.0f}' for r in rss)}.", "",
@@ -155,11 +157,16 @@ def report(results: dict) -> str:
                   f"{'met' if mem['growth_after_epoch3_mb'] < 50 else 'not met'}); least-squares trend over epochs "
                   f"4-30: {slope:+.1f} MB/epoch; range over epochs 4-30: {max(rss[3:]) - min(rss[3:]):.0f} MB; "
                   f"peak RSS {mem['peak_rss_mb']:.0f} MB.",
-                  f"- The series keeps returning to its floor of {min(rss[3:]):.0f} MB (epochs "
-                  f"{', '.join(map(str, floor_epochs))}), which a leak would not do. Evaluation scores 128 users "
-                  f"at a time (`evaluation.rank_block`), so its per-block buffers are ~3.6 MB; with 1,024-user "
-                  f"blocks (~29 MB buffers, commit 5460f2e) the same measurement grew 104 MB (glibc keeping freed "
-                  f"large buffers).", ""]
+                  (f"- RSS stops growing: {flat:.0f} MB at the end of each of the last {plateau} epochs, which a leak "
+                   f"would not do. `keep_freed_memory` (on by default) makes glibc keep freed memory for reuse, so "
+                   f"the series rises to the working set's high-water mark and stays there instead of dipping "
+                   f"between epochs."
+                   if plateau >= 10 else
+                   f"- The series keeps returning to its floor of {min(rss[3:]):.0f} MB (epochs "
+                   f"{', '.join(map(str, floor_epochs))}), which a leak would not do.")
+                  + " Evaluation scores 128 users at a time (`evaluation.rank_block`) into one reused buffer of "
+                  "~3.6 MB; with fresh 1,024-user blocks (~29 MB buffers, commit 5460f2e) the same measurement "
+                  "grew 104 MB (glibc keeping freed large buffers).", ""]
     if "quality" in results:
         q = results["quality"]
         lines += ["### Quality: depth chosen on validation", "",
