@@ -9,7 +9,7 @@ from torch import nn
 
 from mmrec.fusion import EarlyFusion, LateFusion
 from mmrec.graph.bipartite import BipartiteGraph
-from mmrec.models.base import GraphRecommender
+from mmrec.models.base import ColdItemNeighbours, GraphRecommender
 
 
 class VBPR(GraphRecommender):
@@ -33,14 +33,19 @@ class VBPR(GraphRecommender):
     :math:`\gamma_u, \theta_u, \gamma_i` (MMRec: unsquared norms of the whole user and item
     vectors, projection output included).
 
-    Cold items (no training interaction) have an untrained :math:`\gamma_i`, which is set
-    to 0 (:meth:`known_item_ids`), and a real content vector, so they are ranked by content.
+    Cold items (no training interaction; an extension, not in the paper) have a real content
+    vector but no trained :math:`\gamma_i`. Their :math:`\gamma_i` is estimated from those of
+    their warm content neighbours (:class:`~mmrec.models.base.ColdItemNeighbours`, in evaluation
+    only), or set to 0 with ``cold_neighbours=0`` (:meth:`known_item_ids`), so that they are
+    ranked by content alone.
 
     Args:
         num_users, num_items: numbers of users and items.
         features: item features (dimensions are read from it).
         fusion: fusion factory from ``conf/fusion``.
         embedding_dim: size of :math:`\gamma` and of each content part.
+        cold_neighbours: content neighbours per modality that estimate a cold item's
+            :math:`\gamma_i` (0: it is 0).
     """
 
     uses_content = True
@@ -48,7 +53,7 @@ class VBPR(GraphRecommender):
     item_local = True  # no propagation: a step projects only the items it scores
 
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
-                 embedding_dim: int = 64):
+                 embedding_dim: int = 64, cold_neighbours: int = 10):
         super().__init__()
         self.user_gamma = nn.Embedding(num_users, embedding_dim)
         self.item_gamma = nn.Embedding(num_items, embedding_dim)
@@ -57,17 +62,26 @@ class VBPR(GraphRecommender):
         self.user_theta = nn.Embedding(num_users, embedding_dim * num_parts)
         for emb in (self.user_gamma, self.item_gamma, self.user_theta):
             nn.init.xavier_uniform_(emb.weight)
+        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._represent(self.user_gamma.weight, self.user_theta.weight,
-                               self.known_item_ids(self.item_gamma.weight, graph), features)
+        return self._represent(self.user_gamma.weight, self.user_theta.weight, self._item_ids(graph), features)
 
     def forward_rows(self, graph: BipartiteGraph, features, users: torch.Tensor, items: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         # Only the step's items are projected: the [I, D] x [D, d] product over the whole
         # catalogue (and its backward) is most of an epoch with 4096-d image features.
-        gamma_i = self.item_gamma(items) * graph.item_known[items].unsqueeze(1).to(self.item_gamma.weight.dtype)
+        if self.training:  # cold items never occur in training: no estimate to make
+            gamma_i = self.item_gamma(items) * graph.item_known[items].unsqueeze(1).to(self.item_gamma.weight.dtype)
+        else:
+            gamma_i = self._item_ids(graph)[items]
         return self._represent(self.user_gamma(users), self.user_theta(users), gamma_i, features.rows(items))
+
+    def _item_ids(self, graph: BipartiteGraph) -> torch.Tensor:
+        """``[I, d]`` item :math:`\gamma`: 0 for cold items, or estimated from their warm
+        content neighbours (evaluation only, :class:`ColdItemNeighbours`)."""
+        gamma = self.known_item_ids(self.item_gamma.weight, graph)
+        return self.cold(gamma, graph.item_known) if self.cold is not None else gamma
 
     def _represent(self, gamma_u: torch.Tensor, theta_u: torch.Tensor, gamma_i: torch.Tensor, features
                    ) -> tuple[torch.Tensor, torch.Tensor]:
