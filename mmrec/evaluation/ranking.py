@@ -183,7 +183,7 @@ def ranked_hits(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.T
             workspace = torch.empty(len(us), scores.shape[1], dtype=_count_dtype(scores.shape[1]),
                                     device=scores.device)
         row, col = pairs[-1]  # [P] relevant pairs, user-major
-        nan_count += int(scores[row, col].isnan().sum())
+        nan_count = nan_count + scores[row, col].isnan().sum()  # a tensor: no device sync per block
         rank = relevant_ranks(scores, row, col, k, workspace)  # [P]
         rows.append(row + start)
         cols.append(col)
@@ -193,6 +193,7 @@ def ranked_hits(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.T
         keep = rank < k if mask is None else (rank < k) & mask[col]
         hits[name][row[keep], rank[keep]] = True
         num_pos[name] = torch.bincount(row if mask is None else row[mask[col]], minlength=len(users))
+    nan_count = int(nan_count)
     if nan_count:
         warnings.warn(f"{nan_count} of {len(row)} relevant items have a NaN score and were ranked last (NaN "
                       f"scores rank as -inf): the model has probably diverged (lower the learning rate?)",

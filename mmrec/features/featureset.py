@@ -38,7 +38,11 @@ class FeatureSet(nn.Module):
     def rows(self, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{modality: (values [n, d_m], mask [n])}`` of ``items`` ``[n]`` only, indexable by
         modality name like the set itself (what a fusion projector reads)."""
-        return {name: (values[items], mask[items]) for name in self.names for values, mask in [self[name]]}
+        out = {}
+        for name in self.names:
+            values, mask = self[name]
+            out[name] = (values[items], mask[items])
+        return out
 
     @property
     def dims(self) -> dict[str, int]:

@@ -176,8 +176,9 @@ class RecModule(L.LightningModule):
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full ranking of every item for ``users`` ``[B]``: ``(top-k item ids [B, k], their
         scores [B, k])``, with the ``exclude`` interactions removed and ``unknown`` items (see
-        :meth:`unrankable_items`) ranked last. The one ranking used by evaluation and by the
-        recommendation tables; users are scored ``rank_block`` at a time."""
+        :meth:`unrankable_items`) ranked last, users scored ``rank_block`` at a time. The
+        recommendation tables show these lists; evaluation counts the hits of the same ranking
+        without building them (:func:`~mmrec.evaluation.ranking.ranked_hits`)."""
         return top_items(self._scorer(user_emb, item_emb), users, exclude, k, unknown,
                          self._block(user_emb))
 

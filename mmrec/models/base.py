@@ -56,9 +56,10 @@ class GraphRecommender(nn.Module):
         changes: ``forward`` never fills a cache."""
 
     @staticmethod
-    def known_item_ids(item_ids: torch.Tensor, graph: BipartiteGraph) -> torch.Tensor:
-        """Item ID embeddings ``[I, d]`` with the rows of items that have no training
-        interaction set to zero.
+    def known_item_ids(item_ids: torch.Tensor, graph: BipartiteGraph, items: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Item ID embeddings ``[I, d]`` (or the rows ``[n, d]`` of ``items [n]``) with the rows
+        of items that have no training interaction set to zero.
 
         A cold item's ID embedding is never trained (it is neither a positive nor, by the
         sampling protocol, a negative): left at its random initial value it would add noise
@@ -68,7 +69,8 @@ class GraphRecommender(nn.Module):
         changes nothing for warm items and nothing in training, where cold items never occur
         as the scored item.
         """
-        return item_ids * graph.item_known.unsqueeze(1).to(item_ids.dtype)
+        known = graph.item_known if items is None else graph.item_known[items]
+        return item_ids * known.unsqueeze(1).to(item_ids.dtype)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-0 (free) user and item parameters that the L2 term regularises."""

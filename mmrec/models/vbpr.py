@@ -72,7 +72,7 @@ class VBPR(GraphRecommender):
         # Only the step's items are projected: the [I, D] x [D, d] product over the whole
         # catalogue (and its backward) is most of an epoch with 4096-d image features.
         if self.training:  # cold items never occur in training: no estimate to make
-            gamma_i = self.item_gamma(items) * graph.item_known[items].unsqueeze(1).to(self.item_gamma.weight.dtype)
+            gamma_i = self.known_item_ids(self.item_gamma(items), graph, items)
         else:
             gamma_i = self._item_ids(graph)[items]
         return self._represent(self.user_gamma(users), self.user_theta(users), gamma_i, features.rows(items))
