@@ -12,6 +12,7 @@ from mmrec.fusion import AttentionFusion, ConcatFusion, GatedFusion, GraphSumFus
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.graph.knn import cosine_knn, fused_knn_graph
 from mmrec.models import FREEDOM, GRCN, LATTICE, MMGCN, VBPR, LightGCN
+from mmrec.models.ops import normalize_rows
 
 U, I, D = 12, 15, 8
 
@@ -395,3 +396,48 @@ def test_row_only_training_step_equals_the_full_one(graph, features, fusion):
 
 def _graph_pairs(graph: BipartiteGraph) -> tuple[torch.Tensor, torch.Tensor]:
     return graph.edge_index[0], graph.edge_index[1]
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (2, 6, 4)])
+def test_normalize_rows_equals_f_normalize(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.double)
+    x[0, 1] = 0.0  # a zero row (the second one of the first block): clamped at eps
+    if len(shape) == 2:
+        x[3] = 1e-9  # a tiny row below a larger eps
+    eps = 1e-6
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(*shape, dtype=torch.double)
+    ya, yb = normalize_rows(a, eps), F.normalize(b, dim=-1, eps=eps)
+    torch.testing.assert_close(ya, yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(a.grad, b.grad)
+    assert torch.autograd.gradcheck(lambda t: normalize_rows(t, eps), (torch.randn(*shape, dtype=torch.double,
+                                                                                     requires_grad=True),))
+
+
+def test_grcn_routing_round_equals_the_softmax_reference_with_gradients(graph):
+    """One routing round (softmax without max shift, aggregated by one sparse product) equals
+    the segment-softmax formulation in value and gradient, users without edges included."""
+    from torch_geometric.utils import softmax as segment_softmax
+
+    torch.manual_seed(0)
+    keep = graph.edge_index[0] != 0  # user 0 loses its edges
+    graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
+    users = graph.edge_index[0]
+    init = torch.randn(U, D, dtype=torch.double)
+    h = F.normalize(torch.randn(I, D, dtype=torch.double), dim=1)
+    p = F.normalize(torch.randn(U, D, dtype=torch.double), dim=1)
+    grads = []
+    for route in (GRCN._route, None):
+        xs = [t.clone().requires_grad_() for t in (init, p, h)]
+        if route is None:
+            a = segment_softmax(graph.edge_dot(xs[1], xs[2]), users, num_nodes=U)
+            out = F.normalize(xs[0] + graph.spmm_values(a, xs[2], "ui"), dim=1)
+        else:
+            out = route(graph, users, *xs)
+        out.backward(torch.linspace(-1, 1, U * D, dtype=torch.double).view(U, D))
+        grads.append((out.detach(), *[x.grad for x in xs]))
+    for new, ref in zip(*grads):
+        torch.testing.assert_close(new, ref)

@@ -8,11 +8,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.utils import softmax as segment_softmax
 
 from mmrec.fusion import LateFusion
 from mmrec.graph.bipartite import BipartiteGraph, layer_mean
 from mmrec.models.base import ColdItemNeighbours, GraphRecommender
+from mmrec.models.ops import normalize_rows
 
 
 class GRCN(GraphRecommender):
@@ -96,7 +96,7 @@ class GRCN(GraphRecommender):
     def prototypes_and_content(self, graph: BipartiteGraph, features) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p [M, U, d], h [M, I, d])``, both row-normalised."""
         h, _ = self.fusion.projector(features)  # [M, I, d]
-        h = F.normalize(h, dim=2)
+        h = normalize_rows(h)
         users = graph.edge_index[0]
         protos = []
         # per modality (unbind: one cheap backward, unlike repeated indexing); edge-level work
@@ -105,18 +105,26 @@ class GRCN(GraphRecommender):
             # rounds 1..T-1 only choose the routing weights: run without gradient (the
             # stop-gradient of capsule routing); round T is differentiable in init and h
             with torch.no_grad():
-                p = F.normalize(init, dim=1)  # [U, d]
+                p = normalize_rows(init)  # [U, d]
                 for _ in range(self.routing_iters - 1):
                     p = self._route(graph, users, init, p, h_m)
-            protos.append(self._route(graph, users, init, p, h_m) if self.routing_iters else F.normalize(init, dim=1))
+            protos.append(self._route(graph, users, init, p, h_m) if self.routing_iters else normalize_rows(init))
         return torch.stack(protos), h
 
     @staticmethod
     def _route(graph: BipartiteGraph, users: torch.Tensor, init: torch.Tensor, p: torch.Tensor,
                h_m: torch.Tensor) -> torch.Tensor:
-        """One routing round: ``normalize(init + sum_i softmax_i(<p_u, h_i>) h_i)`` ``[U, d]``."""
-        a = segment_softmax(graph.edge_dot(p, h_m), users, num_nodes=p.shape[0])  # [E]
-        return F.normalize(init + graph.spmm_values(a, h_m, "ui"), dim=1)
+        """One routing round: ``normalize(init + sum_i softmax_i(<p_u, h_i>) h_i)`` ``[U, d]``.
+
+        ``p`` and ``h_m`` have unit rows, so the logits are cosines in ``[-1, 1]`` and the
+        softmax needs no max shift: the round aggregates ``exp(<p_u, h_i>) h_i`` in one
+        sparse product and divides each user's row by its sum of weights.
+        """
+        weight = graph.edge_dot(p, h_m).exp()  # [E], in [1/e, e]
+        total = torch.zeros(p.shape[0], dtype=weight.dtype, device=weight.device).index_add(0, users, weight)  # [U]
+        # a user without training edges has total 0 and an aggregate of 0: it keeps its init
+        aggregate = graph.spmm_values(weight, h_m, "ui") / total.clamp_min(1e-30).unsqueeze(1)  # [U, d]
+        return normalize_rows(init + aggregate)
 
     def edge_weights(self, graph: BipartiteGraph, features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(p, h, w)``: prototypes, content and the refined weight of every training edge,

@@ -11,6 +11,7 @@ from torch import nn
 from mmrec.fusion import GraphSumFusion
 from mmrec.graph.bipartite import BipartiteGraph, layer_mean
 from mmrec.graph.knn import cosine_knn
+from mmrec.models.ops import normalize_rows
 from mmrec.models.base import ColdItemNeighbours, GraphRecommender
 
 
@@ -124,7 +125,7 @@ class LATTICE(GraphRecommender):
 
     def _projected(self, m: str, features) -> tuple[torch.Tensor, torch.Tensor]:
         values, mask = features[m]
-        return F.normalize(self.proj[m](values.float()), dim=1), mask  # [I, d], [I]
+        return normalize_rows(self.proj[m](values.float())), mask  # [I, d], [I]
 
     @torch.no_grad()
     def refresh(self, features) -> None:
@@ -160,7 +161,7 @@ class LATTICE(GraphRecommender):
                                 self.num_ui_layers, graph.propagate_pair)
         if self.cold is not None:
             item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
-        return user, item + F.normalize(h, dim=1)
+        return user, item + normalize_rows(h)
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_embedding.weight

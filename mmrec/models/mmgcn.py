@@ -11,6 +11,7 @@ from torch import nn
 from mmrec.fusion import LateFusion
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.models.base import ColdItemNeighbours, GraphRecommender
+from mmrec.models.ops import normalize_rows
 
 
 class _ModalityGCN(nn.Module):
@@ -26,8 +27,8 @@ class _ModalityGCN(nn.Module):
 
     def forward(self, graph: BipartiteGraph, item_x: torch.Tensor, id_user: torch.Tensor,
                 id_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_u = F.normalize(self.preference.weight, dim=1)  # [U, d]
-        x_i = F.normalize(item_x, dim=1)  # [I, d]
+        x_u = normalize_rows(self.preference.weight)  # [U, d]
+        x_i = normalize_rows(item_x)  # [I, d]
         for layer in range(len(self.conv)):
             # Aggregation: messages W_l x_j + b_l from neighbours over the normalised graph.
             # Items receive R~^T (x_u W^T + 1 b^T) = (R~^T x_u) W^T + (R~^T 1) b^T: the same
