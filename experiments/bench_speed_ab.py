@@ -1,0 +1,98 @@
+"""Training speed of two commits, interleaved, on Amazon Baby with random features.
+
+This VM's speed drifts by 10-15% over an hour (the same GEMM ran at 76 and at 124 GFLOP/s
+on one day), so two speed tables taken at different times cannot show a change of a few
+percent. This script checks out ``--base`` and the current commit into temporary git
+worktrees and alternates their runs (base, head, head, base, ...), one fresh process per
+run, with the settings of ``bench_multimodal_speed_baby.py``; the table gives each side's
+median seconds per training epoch over all its runs.
+
+    python experiments/bench_speed_ab.py --base 8bf1829 --models mmgcn grcn [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_multimodal_speed_baby import MODELS, TARGET_S_PER_EPOCH, make_source  # noqa: E402
+from common import OUT, ROOT, git_commit, machine, write_section  # noqa: E402
+
+
+def _worktree(rev: str, where: Path) -> Path:
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", str(where), rev], cwd=ROOT, check=True,
+                   capture_output=True)
+    return where
+
+
+def _epoch_seconds(tree: Path, out: Path, overrides: list[str]) -> list[float]:
+    cmd = [sys.executable, "-m", "mmrec.train", f"hydra.run.dir={out}", "+trainer.enable_progress_bar=false",
+           *overrides]
+    proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed in {tree}:\n{proc.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text())["perf"]["train_epoch_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="commit to compare the current one with")
+    parser.add_argument("--models", nargs="+", default=["mmgcn", "grcn"], help="models of the speed table")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per commit and model")
+    args = parser.parse_args()
+    fusions = dict(MODELS)
+    unknown = sorted(set(args.models) - set(fusions))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {sorted(fusions)}")
+    src = make_source(ROOT.parent / "shared" / "data" / "amazon-baby")
+    common = ["dataset=mmrec", f"dataset.source.path={src}", "dataset.source.name=baby",
+              f"dataset.root={OUT / 'data' / 'baby_random_features'}", "dataset.batch_size=2048",
+              f"trainer.max_epochs={args.epochs}", "test=false", "logger=none",
+              "callbacks.early_stopping.patience=100"]
+    head = git_commit()
+    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="speed_ab_"))
+    epochs: dict[tuple[str, str], list[float]] = {}
+    try:
+        trees = {"base": _worktree(base, tmp / "base"), "head": ROOT}
+        for rep in range(args.repeats):
+            for model in args.models:
+                order = ("base", "head") if rep % 2 == 0 else ("head", "base")
+                for side in order:
+                    out = OUT / "speed_ab" / f"{model}_{side}_{rep}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    seconds = _epoch_seconds(trees[side], out, common + [f"model={model}", f"fusion={fusions[model]}"])
+                    epochs.setdefault((model, side), []).extend(seconds[1:])
+                    print(model, side, rep, [round(s, 2) for s in seconds], flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=ROOT, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = ["## Training speed, two commits interleaved (Baby, random features)", "",
+             f"- Command: `python experiments/bench_speed_ab.py --base {args.base} --models {' '.join(args.models)} "
+             f"--epochs {args.epochs} --repeats {args.repeats}`",
+             f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d %H:%M')}, base {base}, head {head}",
+             "- Settings of `bench_multimodal_speed_baby.py`; runs alternate between the commits (one fresh process "
+             "each); medians over every run's epochs 2..N.", "",
+             "| model | base s / epoch | head s / epoch | change | target |", "|---|---|---|---|---|"]
+    for model in args.models:
+        b, h = statistics.median(epochs[(model, "base")]), statistics.median(epochs[(model, "head")])
+        target = f"<= {TARGET_S_PER_EPOCH[model]}" if model in TARGET_S_PER_EPOCH else ""
+        lines.append(f"| {model} | {b:.2f} | {h:.2f} | {100 * (h - b) / b:+.1f}% | {target} |")
+    text = "\n".join(lines) + "\n"
+    write_section("speed_ab", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
