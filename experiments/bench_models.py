@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,7 +122,10 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     parser.add_argument("--tag", default="", help="names the runs and the RESULTS section of an --extra variant")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from completed runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
     args = parser.parse_args()
+    if args.jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
     OUT.mkdir(parents=True, exist_ok=True)
     note = ""
     if args.dataset.startswith("ml100k") and not args.report_only:
@@ -135,22 +140,29 @@ def main() -> None:
     if args.report_only:
         results = collect(args.dataset, rows, args.seeds, args.tag)
     else:
+        def one_run(item):
+            (model, fusion, sampler), seed = item
+            rec = run_train(_name(args.dataset, model, fusion, sampler, seed, args.tag),
+                            [f"dataset={args.dataset}", f"model={model}", f"fusion={fusion}",
+                             f"sampler={sampler}", f"seed={seed}", "logger=none", *args.extra])
+            print(model, fusion, sampler, seed, {k: round(v, 4) for k, v in rec["metrics"].items()
+                                                 if "recall@20" in k}, flush=True)
+            return rec
+
+        items = [(row, seed) for row in rows for seed in args.seeds]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            recs = list(pool.map(one_run, items))  # in the order of `items`
         results = {}
-        for model, fusion, sampler in rows:
-            runs = []
-            for seed in args.seeds:
-                rec = run_train(_name(args.dataset, model, fusion, sampler, seed, args.tag),
-                                [f"dataset={args.dataset}", f"model={model}", f"fusion={fusion}",
-                                 f"sampler={sampler}", f"seed={seed}", "logger=none", *args.extra])
-                runs.append(rec)
-                print(model, fusion, sampler, seed, {k: round(v, 4) for k, v in rec["metrics"].items()
-                                                     if "recall@20" in k}, flush=True)
-            results[f"{model}/{fusion}/{sampler}"] = runs
+        for (row, _), rec in zip(items, recs):
+            results.setdefault("/".join(row), []).append(rec)
         (OUT / f"{section}.json").write_text(json.dumps(results, indent=1))
     command = " ".join(a for a in sys.argv[1:] if a != "--report-only")
     text = report(args.dataset, results, args.seeds, note if section == f"models_{args.dataset}" else "", command)
     if args.extra:
         text = text.replace("Defaults of each model config;", f"Each model's defaults plus `{' '.join(args.extra)}`;")
+    if args.jobs > 1:
+        text = text.replace("s/epoch = median training epoch;",
+                            f"s/epoch = median training epoch with {args.jobs} runs at once, one torch thread each;")
     write_section(section, text)
     print(text)
 
