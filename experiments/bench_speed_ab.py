@@ -2,10 +2,12 @@
 
 This VM's speed drifts by 10-15% over an hour (the same GEMM ran at 76 and at 124 GFLOP/s
 on one day), so two speed tables taken at different times cannot show a change of a few
-percent. This script checks out ``--base`` and the current commit into temporary git
-worktrees and alternates their runs (base, head, head, base, ...), one fresh process per
-run, with the settings of ``bench_multimodal_speed_baby.py``; the table gives each side's
-median seconds per training epoch over all its runs.
+percent. This script checks out ``--base`` into a temporary git worktree and alternates
+its runs with runs of this checkout (base, head, head, base, ...; uncommitted changes count
+as head's and the table marks it ``+dirty``), one fresh process per run, with the settings
+of ``bench_multimodal_speed_baby.py``. The table gives each side's median seconds per
+training epoch over all its runs, and the range of the per-repeat changes (each repeat's
+head median against the base median of the same repeat), which shows the noise.
 
     python experiments/bench_speed_ab.py --base 8bf1829 --models mmgcn grcn [--repeats 2]
 """
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per commit and model")
     args = parser.parse_args()
+    if args.epochs < 2 or args.repeats < 1:
+        parser.error("--epochs must be >= 2 (the first epoch is not counted) and --repeats >= 1")
     fusions = dict(MODELS)
     unknown = sorted(set(args.models) - set(fusions))
     if unknown:
@@ -62,7 +66,8 @@ def main() -> None:
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="speed_ab_"))
-    epochs: dict[tuple[str, str], list[float]] = {}
+    epochs: dict[tuple[str, str], list[float]] = {}  # (model, side) -> epochs 2..N of every run
+    per_rep: dict[tuple[str, str, int], float] = {}  # (model, side, repeat) -> median s / epoch
     try:
         trees = {"base": _worktree(base, tmp / "base"), "head": ROOT}
         for rep in range(args.repeats):
@@ -73,6 +78,7 @@ def main() -> None:
                     shutil.rmtree(out, ignore_errors=True)
                     seconds = _epoch_seconds(trees[side], out, common + [f"model={model}", f"fusion={fusions[model]}"])
                     epochs.setdefault((model, side), []).extend(seconds[1:])
+                    per_rep[(model, side, rep)] = statistics.median(seconds[1:])
                     print(model, side, rep, [round(s, 2) for s in seconds], flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=ROOT, capture_output=True)
@@ -83,12 +89,16 @@ def main() -> None:
              f"--epochs {args.epochs} --repeats {args.repeats}`",
              f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d %H:%M')}, base {base}, head {head}",
              "- Settings of `bench_multimodal_speed_baby.py`; runs alternate between the commits (one fresh process "
-             "each); medians over every run's epochs 2..N.", "",
-             "| model | base s / epoch | head s / epoch | change | target |", "|---|---|---|---|---|"]
+             "each); medians over every run's epochs 2..N; per repeat: the change of that repeat's head run against its "
+             "base run.", "",
+             "| model | base s / epoch | head s / epoch | change | per-repeat changes | target |",
+             "|---|---|---|---|---|---|"]
     for model in args.models:
         b, h = statistics.median(epochs[(model, "base")]), statistics.median(epochs[(model, "head")])
         target = f"<= {TARGET_S_PER_EPOCH[model]}" if model in TARGET_S_PER_EPOCH else ""
-        lines.append(f"| {model} | {b:.2f} | {h:.2f} | {100 * (h - b) / b:+.1f}% | {target} |")
+        paired = [100 * (per_rep[(model, "head", r)] / per_rep[(model, "base", r)] - 1) for r in range(args.repeats)]
+        spread = f"{min(paired):+.1f}% .. {max(paired):+.1f}%" if len(paired) > 1 else f"{paired[0]:+.1f}%"
+        lines.append(f"| {model} | {b:.2f} | {h:.2f} | {100 * (h - b) / b:+.1f}% | {spread} | {target} |")
     text = "\n".join(lines) + "\n"
     write_section("speed_ab", text)
     print(text)

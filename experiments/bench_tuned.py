@@ -37,6 +37,8 @@ def parse_grid(specs: list[str]) -> dict[str, list[list[str]]]:
             raise SystemExit(f"--grid item {spec!r}: expected model:key=value1,value2")
         if model not in dict(MODELS):
             raise SystemExit(f"--grid item {spec!r}: unknown model {model!r}; choose from {sorted(dict(MODELS))}")
+        if key == "sampler":
+            raise SystemExit(f"--grid item {spec!r}: the sampler is not searched here; give one with --extra sampler=NAME")
         axes.setdefault(model, []).append([f"{key}={v}" for v in values.split(",")])
     return {m: [list(p) for p in itertools.product(*a)] for m, a in axes.items()}
 
@@ -54,7 +56,9 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
     grids = parse_grid(args.grid)
     fusions = dict(MODELS)
-    base = ["logger=none", f"dataset={args.dataset}", *args.extra]
+    sampler = next((o.split("=", 1)[1] for o in args.extra if o.startswith("sampler=")), "uniform")
+    base = ["logger=none", f"dataset={args.dataset}", f"sampler={sampler}",
+            *[o for o in args.extra if not o.startswith("sampler=")]]
 
     def point_run(item):
         model, i, point = item
@@ -71,13 +75,13 @@ def main() -> None:
 
     def final_run(item):
         model, seed = item
-        name = _name(args.dataset, model, fusions[model], "uniform", seed, args.tag)
+        name = _name(args.dataset, model, fusions[model], sampler, seed, args.tag)
         return model, run_train(name, base + [f"model={model}", f"fusion={fusions[model]}", f"seed={seed}",
                                               *chosen[model]])
 
     with ThreadPoolExecutor(args.jobs) as pool:
         finals = list(pool.map(final_run, [(m, s) for m in grids for s in args.seeds]))
-    results = {f"{m}/{fusions[m]}/uniform": [r for mm, r in finals if mm == m] for m in grids}
+    results = {f"{m}/{fusions[m]}/{sampler}": [r for mm, r in finals if mm == m] for m in grids}
     (OUT / f"tuned_{args.dataset}_{args.tag}.json").write_text(json.dumps(
         {"chosen": chosen, "grid": [(m, p, r["metrics"]["val/recall@20"]) for m, p, r in searched]}, indent=1))
 
@@ -86,7 +90,9 @@ def main() -> None:
              f"- Command: `python experiments/bench_tuned.py {command}`", f"- Machine: {machine()}",
              f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
              "- Grid: one run per point (seed 0, `test=false`: no test metric is computed while choosing); "
-             "the best validation Recall@20 is chosen, then trained with each seed and tested once per run.", "",
+             "the best validation Recall@20 is chosen, then trained with each seed and tested once per run.",
+             f"- s/epoch: median training epoch{f' with {args.jobs} runs at once, one torch thread each' if args.jobs > 1 else ''}.",
+             "",
              "| model | grid point | val R@20 (seed 0) | chosen |", "|---|---|---|---|"]
     for model, point, rec in searched:
         lines.append(f"| {model} | `{' '.join(point)}` | {rec['metrics']['val/recall@20']:.4f} | "

@@ -402,9 +402,8 @@ def _graph_pairs(graph: BipartiteGraph) -> tuple[torch.Tensor, torch.Tensor]:
 def test_normalize_rows_equals_f_normalize(shape):
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.double)
-    x[0, 1] = 0.0  # a zero row (the second one of the first block): clamped at eps
-    if len(shape) == 2:
-        x[3] = 1e-9  # a tiny row below a larger eps
+    x[(0,) * (len(shape) - 1)] = 0.0  # a zero row: clamped at eps
+    x[(1,) * (len(shape) - 1)] = 1e-9  # a tiny row below eps: clamped too
     eps = 1e-6
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     g = torch.randn(*shape, dtype=torch.double)
@@ -413,6 +412,9 @@ def test_normalize_rows_equals_f_normalize(shape):
     ya.backward(g)
     yb.backward(g)
     torch.testing.assert_close(a.grad, b.grad)
+    t = torch.randn(*shape, dtype=torch.double)
+    t[(0,) * (len(shape) - 1)] *= 0.1 / t[(0,) * (len(shape) - 1)].norm()  # norm 0.1, well inside eps=1
+    assert torch.autograd.gradcheck(lambda t: normalize_rows(t, 1.0), (t.requires_grad_(),))  # clamped branch
     assert torch.autograd.gradcheck(lambda t: normalize_rows(t, eps), (torch.randn(*shape, dtype=torch.double,
                                                                                      requires_grad=True),))
 

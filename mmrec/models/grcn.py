@@ -121,9 +121,10 @@ class GRCN(GraphRecommender):
         sparse product and divides each user's row by its sum of weights.
         """
         weight = graph.edge_dot(p, h_m).exp()  # [E], in [1/e, e]
-        total = torch.zeros(p.shape[0], dtype=weight.dtype, device=weight.device).index_add(0, users, weight)  # [U]
-        # a user without training edges has total 0 and an aggregate of 0: it keeps its init
-        aggregate = graph.spmm_values(weight, h_m, "ui") / total.clamp_min(1e-30).unsqueeze(1)  # [U, d]
+        total = torch.zeros(p.shape[0], dtype=weight.dtype, device=weight.device).index_add_(0, users, weight)  # [U]
+        # a user without training edges has total 0 and an aggregate of 0: dividing by 1 keeps
+        # its init (any user with edges has total >= 1/e)
+        aggregate = graph.spmm_values(weight, h_m, "ui") / total.masked_fill(total == 0, 1.0).unsqueeze(1)  # [U, d]
         return normalize_rows(init + aggregate)
 
     def edge_weights(self, graph: BipartiteGraph, features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
