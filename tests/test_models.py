@@ -61,8 +61,8 @@ def test_shapes_and_gradients(graph, features):
         loss.backward()
         trained = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         assert trained, type(model).__name__
-        for name, emb in (("user", model.ego_embeddings()[0]), ("item", model.ego_embeddings()[1])):
-            assert emb.requires_grad, (type(model).__name__, name)
+        for name, blocks, rows in zip(("user", "item"), model.ego_embeddings(), (U, I)):
+            assert blocks and all(b.requires_grad and b.shape[0] == rows for b in blocks), (type(model).__name__, name)
         assert model.state_dict(), "learned weights must be parameters"
 
 
@@ -96,7 +96,7 @@ def test_untrained_id_embedding_of_a_cold_item_is_not_scored(graph, features):
         name = type(model).__name__
         with torch.no_grad():
             _, before = model(cold_graph, features)
-            ids = model.ego_embeddings()[1]
+            ids = model.ego_embeddings()[1][0]
             ids[14] += 3.0
             _, after = model(cold_graph, features)
             assert torch.allclose(before[14], after[14]), name
@@ -392,6 +392,30 @@ def test_row_only_training_step_equals_the_full_one(graph, features, fusion):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_l2_term_is_that_of_the_concatenated_ego_tables(graph, features):
+    """The module gathers the batch's rows of every layer-0 block (MMGCN: ID + one preference
+    table per modality, VBPR: gamma + theta): the same L2 as rows of the concatenated tables."""
+    from mmrec.lit.module import RecModule
+    from mmrec.losses import bpr_loss, l2_batch
+    from mmrec.sampling import UniformSampler
+
+    pairs = InteractionMatrix(*_graph_pairs(graph), U, I)
+    users, items = torch.tensor([0, 3, 3, 7]), torch.tensor([[1, 2, 5], [9, 0, 4], [2, 2, 8], [6, 1, 3]])
+    for model in _models(features):
+        module = RecModule(encoder=model, sampler=UniformSampler(), graph=graph, train_matrix=pairs,
+                           valid_matrix=pairs, test_matrix=pairs, features=features, l2_weight=1.0)
+        module.on_train_epoch_start()
+        u, item_rows = torch.randn(4, 1), torch.randn(4, 3, 1)
+        loss = module._step_loss(users, items, u, item_rows)
+        user_blocks, item_blocks = model.ego_embeddings()
+        user_all, item_all = torch.cat(user_blocks, dim=1), torch.cat(item_blocks, dim=1)  # [U, d_u], [I, d_i]
+        scores = (u.unsqueeze(1) * item_rows).sum(-1)  # [4, 3]
+        expected = bpr_loss(scores[:, 0], scores[:, 1:]) + l2_batch(user_all[users], item_all[items[:, 0]],
+                                                                    item_all[items[:, 1:]])
+        assert torch.allclose(loss, expected), type(model).__name__
+        assert len(user_blocks) == {"MMGCN": 3, "VBPR": 2}.get(type(model).__name__, 1), type(model).__name__
 
 
 def _graph_pairs(graph: BipartiteGraph) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,9 +128,11 @@ class RecModule(L.LightningModule):
         (positive first), their representations ``u`` ``[B, d]`` and ``item_rows`` ``[B, 1 + K, d]``."""
         scores = self.encoder.score_pairs(u.unsqueeze(1), item_rows)  # [B, 1 + K]
         loss_bpr = bpr_loss(scores[:, 0], scores[:, 1:])
-        user_ego, item_ego = self.encoder.ego_embeddings()
-        item_ego_rows = item_ego[items]  # [B, 1 + K, d]
-        loss_reg = l2_batch(user_ego[users], item_ego_rows[:, 0], item_ego_rows[:, 1:])
+        # the batch's rows of each layer-0 block, side by side (never a full-size concatenation)
+        user_blocks, item_blocks = self.encoder.ego_embeddings()
+        user_ego = torch.cat([b.index_select(0, users) for b in user_blocks], dim=1)  # [B, d_u]
+        item_ego_rows = torch.cat([b[items] for b in item_blocks], dim=-1)  # [B, 1 + K, d_i]
+        loss_reg = l2_batch(user_ego, item_ego_rows[:, 0], item_ego_rows[:, 1:])
         loss = loss_bpr + self.l2_weight * loss_reg
         if aux is not None:
             loss = loss + aux

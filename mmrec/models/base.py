@@ -72,8 +72,11 @@ class GraphRecommender(nn.Module):
         known = graph.item_known if items is None else graph.item_known[items]
         return item_ids * known.unsqueeze(1).to(item_ids.dtype)
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer-0 (free) user and item parameters that the L2 term regularises."""
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Layer-0 (free) user and item parameters that the L2 term regularises: for each side,
+        its tables as column blocks (``[U, d_k]`` / ``[I, d_k]``), regularised as if they were
+        concatenated. The caller gathers the batch's rows of each block, so no full-size
+        concatenation is built every step."""
         raise NotImplementedError
 
     def score_pairs(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,8 @@ class FREEDOM(GraphRecommender):
             item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
         return user, item + h
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_embedding.weight, self.item_embedding.weight
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.user_embedding.weight,), (self.item_embedding.weight,)
 
     def auxiliary_loss(self, user_emb, item_emb, users, items, features=None):
         if self.modality_loss_weight == 0:

@@ -145,5 +145,5 @@ class GRCN(GraphRecommender):
         content_u, content_i = self.fusion.combine(list(p), list(h))
         return torch.cat([id_u, content_u], dim=1), torch.cat([id_i, content_i], dim=1)
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_embedding.weight, self.item_embedding.weight
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.user_embedding.weight,), (self.item_embedding.weight,)

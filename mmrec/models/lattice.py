@@ -163,5 +163,5 @@ class LATTICE(GraphRecommender):
             item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
         return user, item + normalize_rows(h)
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_embedding.weight, self.item_embedding.weight
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.user_embedding.weight,), (self.item_embedding.weight,)

@@ -56,5 +56,5 @@ class LightGCN(GraphRecommender):
         items = self.known_item_ids(self.item_embedding.weight, graph)  # cold items: 0 ("unknown")
         return layer_mean(self.user_embedding.weight, items, self.num_layers, graph.propagate_pair)
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_embedding.weight, self.item_embedding.weight
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.user_embedding.weight,), (self.item_embedding.weight,)

@@ -125,6 +125,5 @@ class MMGCN(GraphRecommender):
             item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' representation
         return user, item
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        users = torch.cat([self.id_user.weight] + [t.preference.weight for t in self.towers], dim=1)
-        return users, self.id_item.weight
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.id_user.weight, *(t.preference.weight for t in self.towers)), (self.id_item.weight,)

@@ -96,5 +96,5 @@ class VBPR(GraphRecommender):
             theta, content = self.fusion.combine(thetas, list(h))  # [U', M*d], [I', M*d]
         return torch.cat([gamma_u, theta], dim=1), torch.cat([gamma_i, content], dim=1)
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.cat([self.user_gamma.weight, self.user_theta.weight], dim=1), self.item_gamma.weight)
+    def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.user_gamma.weight, self.user_theta.weight), (self.item_gamma.weight,)
