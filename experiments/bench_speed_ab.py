@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mmgcn", "grcn"], help="models of the speed table")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not counted)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per commit and model")
+    parser.add_argument("--tag", default="", help="RESULTS section speed_ab_TAG (default: speed_ab, replaced)")
     args = parser.parse_args()
     if args.epochs < 2 or args.repeats < 1:
         parser.error("--epochs must be >= 2 (the first epoch is not counted) and --repeats >= 1")
@@ -86,7 +87,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = ["## Training speed, two commits interleaved (Baby, random features)", "",
              f"- Command: `python experiments/bench_speed_ab.py --base {args.base} --models {' '.join(args.models)} "
-             f"--epochs {args.epochs} --repeats {args.repeats}`",
+             f"--epochs {args.epochs} --repeats {args.repeats}{' --tag ' + args.tag if args.tag else ''}`",
              f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d %H:%M')}, base {base}, head {head}",
              "- Settings of `bench_multimodal_speed_baby.py`; runs alternate between the commits (one fresh process "
              "each); medians over every run's epochs 2..N; per repeat: the change of that repeat's head run against its "
@@ -100,7 +101,7 @@ def main() -> None:
         spread = f"{min(paired):+.1f}% .. {max(paired):+.1f}%" if len(paired) > 1 else f"{paired[0]:+.1f}%"
         lines.append(f"| {model} | {b:.2f} | {h:.2f} | {100 * (h - b) / b:+.1f}% | {spread} | {target} |")
     text = "\n".join(lines) + "\n"
-    write_section("speed_ab", text)
+    write_section(f"speed_ab_{args.tag}" if args.tag else "speed_ab", text)
     print(text)
 
 
