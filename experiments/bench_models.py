@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
+from common import OUT, git_commit, machine, mean_std, run_parallel, run_train, write_section  # noqa: E402
 
 MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
           ("grcn", "late"), ("freedom", "graph_sum"), ("lattice", "graph_sum")]
@@ -124,8 +122,6 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from completed runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
     args = parser.parse_args()
-    if args.jobs > 1:
-        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
     OUT.mkdir(parents=True, exist_ok=True)
     note = ""
     if args.dataset.startswith("ml100k") and not args.report_only:
@@ -150,8 +146,7 @@ def main() -> None:
             return rec
 
         items = [(row, seed) for row in rows for seed in args.seeds]
-        with ThreadPoolExecutor(args.jobs) as pool:
-            recs = list(pool.map(one_run, items))  # in the order of `items`
+        recs = run_parallel(one_run, items, args.jobs)
         results = {}
         for (row, _), rec in zip(items, recs):
             results.setdefault("/".join(row), []).append(rec)

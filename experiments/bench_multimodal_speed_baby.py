@@ -44,16 +44,19 @@ def make_source(shared_baby: Path) -> Path:
     return src
 
 
+def speed_overrides(epochs: int) -> list[str]:
+    """Overrides of every speed run: Baby + random features, batch 2048, ``epochs`` epochs, no test."""
+    src = make_source(ROOT.parent / "shared" / "data" / "amazon-baby")
+    return ["dataset=mmrec", f"dataset.source.path={src}", "dataset.source.name=baby",
+            f"dataset.root={OUT / 'data' / 'baby_random_features'}", "dataset.batch_size=2048",
+            f"trainer.max_epochs={epochs}", "test=false", "logger=none", "callbacks.early_stopping.patience=100"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args()
-    shared = ROOT.parent / "shared" / "data" / "amazon-baby"
-    src = make_source(shared)
-    common = ["dataset=mmrec", f"dataset.source.path={src}", "dataset.source.name=baby",
-              f"dataset.root={OUT / 'data' / 'baby_random_features'}", "dataset.batch_size=2048",
-              f"trainer.max_epochs={args.epochs}", "test=false", "logger=none",
-              "callbacks.early_stopping.patience=100"]
+    common = speed_overrides(args.epochs)
     rows = {}
     for model, fusion in MODELS:
         rec = run_train(f"mm_speed_{model}", common + [f"model={model}", f"fusion={fusion}"])

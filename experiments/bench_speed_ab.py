@@ -15,7 +15,6 @@ head median against the base median of the same repeat), which shows the noise.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -25,23 +24,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_multimodal_speed_baby import MODELS, TARGET_S_PER_EPOCH, make_source  # noqa: E402
-from common import OUT, ROOT, git_commit, machine, write_section  # noqa: E402
+from bench_multimodal_speed_baby import MODELS, TARGET_S_PER_EPOCH, speed_overrides  # noqa: E402
+from common import OUT, ROOT, git_commit, machine, run_train, write_section  # noqa: E402
 
 
 def _worktree(rev: str, where: Path) -> Path:
     subprocess.run(["git", "worktree", "add", "--detach", "-f", str(where), rev], cwd=ROOT, check=True,
                    capture_output=True)
     return where
-
-
-def _epoch_seconds(tree: Path, out: Path, overrides: list[str]) -> list[float]:
-    cmd = [sys.executable, "-m", "mmrec.train", f"hydra.run.dir={out}", "+trainer.enable_progress_bar=false",
-           *overrides]
-    proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed in {tree}:\n{proc.stderr[-3000:]}")
-    return json.loads((out / "metrics.json").read_text())["perf"]["train_epoch_s"]
 
 
 def main() -> None:
@@ -58,11 +48,7 @@ def main() -> None:
     unknown = sorted(set(args.models) - set(fusions))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {sorted(fusions)}")
-    src = make_source(ROOT.parent / "shared" / "data" / "amazon-baby")
-    common = ["dataset=mmrec", f"dataset.source.path={src}", "dataset.source.name=baby",
-              f"dataset.root={OUT / 'data' / 'baby_random_features'}", "dataset.batch_size=2048",
-              f"trainer.max_epochs={args.epochs}", "test=false", "logger=none",
-              "callbacks.early_stopping.patience=100"]
+    common = speed_overrides(args.epochs)
     head = git_commit()
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -75,9 +61,10 @@ def main() -> None:
             for model in args.models:
                 order = ("base", "head") if rep % 2 == 0 else ("head", "base")
                 for side in order:
-                    out = OUT / "speed_ab" / f"{model}_{side}_{rep}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    seconds = _epoch_seconds(trees[side], out, common + [f"model={model}", f"fusion={fusions[model]}"])
+                    name = f"speed_ab/{model}_{side}_{rep}"
+                    shutil.rmtree(OUT / name, ignore_errors=True)
+                    seconds = run_train(name, common + [f"model={model}", f"fusion={fusions[model]}"],
+                                        cwd=trees[side])["perf"]["train_epoch_s"]
                     epochs.setdefault((model, side), []).extend(seconds[1:])
                     per_rep[(model, side, rep)] = statistics.median(seconds[1:])
                     print(model, side, rep, [round(s, 2) for s in seconds], flush=True)

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import DESCRIPTION, MODELS, _name, report  # noqa: E402
-from common import OUT, git_commit, machine, run_train, write_section  # noqa: E402
+from common import OUT, git_commit, machine, run_parallel, run_train, write_section  # noqa: E402
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[list[str]]]:
@@ -52,8 +50,6 @@ def main() -> None:
     parser.add_argument("--tag", default="tuned", help="names the runs and the RESULTS section")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when > 1)")
     args = parser.parse_args()
-    if args.jobs > 1:
-        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
     grids = parse_grid(args.grid)
     fusions = dict(MODELS)
     sampler = next((o.split("=", 1)[1] for o in args.extra if o.startswith("sampler=")), "uniform")
@@ -68,8 +64,7 @@ def main() -> None:
         return model, point, rec
 
     items = [(m, i, p) for m, points in grids.items() for i, p in enumerate(points)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        searched = list(pool.map(point_run, items))
+    searched = run_parallel(point_run, items, args.jobs)
     chosen = {m: max((r for r in searched if r[0] == m), key=lambda r: r[2]["metrics"]["val/recall@20"])[1]
               for m in grids}
 
@@ -79,8 +74,7 @@ def main() -> None:
         return model, run_train(name, base + [f"model={model}", f"fusion={fusions[model]}", f"seed={seed}",
                                               *chosen[model]])
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        finals = list(pool.map(final_run, [(m, s) for m in grids for s in args.seeds]))
+    finals = run_parallel(final_run, [(m, s) for m in grids for s in args.seeds], args.jobs)
     results = {f"{m}/{fusions[m]}/{sampler}": [r for mm, r in finals if mm == m] for m in grids}
     (OUT / f"tuned_{args.dataset}_{args.tag}.json").write_text(json.dumps(
         {"chosen": chosen, "grid": [(m, p, r["metrics"]["val/recall@20"]) for m, p, r in searched]}, indent=1))

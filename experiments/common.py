@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,19 +48,29 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_train(name: str, overrides: list[str], timeout: int = 7200) -> dict:
-    """Run ``python -m mmrec.train`` in a fresh process; return its metrics.json record."""
+def run_train(name: str, overrides: list[str], timeout: int = 7200, cwd: Path = ROOT) -> dict:
+    """Run ``python -m mmrec.train`` in a fresh process from the checkout ``cwd`` (its own
+    ``mmrec`` comes first on ``sys.path``); return its metrics.json record."""
     out = OUT / name
     cmd = [sys.executable, "-m", "mmrec.train", f"hydra.run.dir={out}", "+trainer.enable_progress_bar=false",
            *overrides]
     start = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     record = json.loads((out / "metrics.json").read_text())
     record["wall_s"] = time.time() - start
     record["command"] = "python -m mmrec.train " + " ".join(overrides)
     return record
+
+
+def run_parallel(fn, items: list, jobs: int) -> list:
+    """``[fn(item) for item in items]`` with ``jobs`` training processes at once; each gets one
+    torch thread when ``jobs > 1`` (2 processes x 2 threads would fight over the 2 cores)."""
+    if jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(fn, items))  # in the order of `items`
 
 
 def mean_std(values: list[float]) -> str:

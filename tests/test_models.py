@@ -462,7 +462,7 @@ def test_grcn_routing_round_equals_the_softmax_reference_with_gradients(graph):
             a = segment_softmax(graph.edge_dot(xs[1], xs[2]), users, num_nodes=U)
             out = F.normalize(xs[0] + graph.spmm_values(a, xs[2], "ui"), dim=1)
         else:
-            out = route(graph, users, *xs)
+            out = route(graph, *xs)
         out.backward(torch.linspace(-1, 1, U * D, dtype=torch.double).view(U, D))
         grads.append((out.detach(), *[x.grad for x in xs]))
     for new, ref in zip(*grads):

@@ -151,12 +151,17 @@ class BipartiteGraph(nn.Module):
         h_user, h_item = self.propagate_pair(*x.split([self.num_users, self.num_items]))
         return torch.cat([h_user, h_item])
 
+    def edge_sums(self, values: torch.Tensor, side: str) -> torch.Tensor:
+        """Sum of edge-ordered ``values [E]`` over each user's (``side="user"``, ``[U]``) or
+        each item's (``"item"``, ``[I]``) training edges; 0 for a node without edges."""
+        index, n = (self.edge_index[0], self.num_users) if side == "user" else (self.edge_index[1], self.num_items)
+        return torch.zeros(n, device=values.device, dtype=values.dtype).index_add_(0, index, values)
+
     def normalized_edge_values(self, weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         """``w_e / sqrt(d_u d_i)`` for edge weights ``[E]``, with weighted degrees
         ``d_v = sum of the weights of v's edges``."""
         users, items = self.edge_index
-        du = torch.zeros(self.num_users, device=weights.device, dtype=weights.dtype).index_add_(0, users, weights)
-        di = torch.zeros(self.num_items, device=weights.device, dtype=weights.dtype).index_add_(0, items, weights)
+        du, di = self.edge_sums(weights, "user"), self.edge_sums(weights, "item")  # [U], [I]
         return weights * (du.index_select(0, users) + eps).rsqrt() * (di.index_select(0, items) + eps).rsqrt()
 
     def _pattern(self, side: str, values: torch.Tensor | None = None) -> torch.Tensor:

@@ -97,7 +97,6 @@ class GRCN(GraphRecommender):
         """``(p [M, U, d], h [M, I, d])``, both row-normalised."""
         h, _ = self.fusion.projector(features)  # [M, I, d]
         h = normalize_rows(h)
-        users = graph.edge_index[0]
         protos = []
         # per modality (unbind: one cheap backward, unlike repeated indexing); edge-level work
         # is sparse, so no [E, d] tensor is ever built
@@ -107,13 +106,12 @@ class GRCN(GraphRecommender):
             with torch.no_grad():
                 p = normalize_rows(init)  # [U, d]
                 for _ in range(self.routing_iters - 1):
-                    p = self._route(graph, users, init, p, h_m)
-            protos.append(self._route(graph, users, init, p, h_m) if self.routing_iters else normalize_rows(init))
+                    p = self._route(graph, init, p, h_m)
+            protos.append(self._route(graph, init, p, h_m) if self.routing_iters else normalize_rows(init))
         return torch.stack(protos), h
 
     @staticmethod
-    def _route(graph: BipartiteGraph, users: torch.Tensor, init: torch.Tensor, p: torch.Tensor,
-               h_m: torch.Tensor) -> torch.Tensor:
+    def _route(graph: BipartiteGraph, init: torch.Tensor, p: torch.Tensor, h_m: torch.Tensor) -> torch.Tensor:
         """One routing round: ``normalize(init + sum_i softmax_i(<p_u, h_i>) h_i)`` ``[U, d]``.
 
         ``p`` and ``h_m`` have unit rows, so the logits are cosines in ``[-1, 1]`` and the
@@ -121,7 +119,7 @@ class GRCN(GraphRecommender):
         sparse product and divides each user's row by its sum of weights.
         """
         weight = graph.edge_dot(p, h_m).exp()  # [E], in [1/e, e]
-        total = torch.zeros(p.shape[0], dtype=weight.dtype, device=weight.device).index_add_(0, users, weight)  # [U]
+        total = graph.edge_sums(weight, "user")  # [U]
         # a user without training edges has total 0 and an aggregate of 0: dividing by 1 keeps
         # its init (any user with edges has total >= 1/e)
         aggregate = graph.spmm_values(weight, h_m, "ui") / total.masked_fill(total == 0, 1.0).unsqueeze(1)  # [U, d]

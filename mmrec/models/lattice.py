@@ -11,8 +11,8 @@ from torch import nn
 from mmrec.fusion import GraphSumFusion
 from mmrec.graph.bipartite import BipartiteGraph, layer_mean
 from mmrec.graph.knn import cosine_knn
-from mmrec.models.ops import normalize_rows
 from mmrec.models.base import ColdItemNeighbours, GraphRecommender
+from mmrec.models.ops import normalize_rows
 
 
 def _knn_edges(nbr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
