@@ -1,5 +1,5 @@
-"""Encoders and the LMDB feature store: do the offline encoders give meaningful features, how
-fast are they on this machine, and how fast does the store read back?
+"""Modality encoders and the LMDB feature store: do the offline modality encoders give
+meaningful features, how fast are they on this machine, and how fast does the store read back?
 
     python experiments/bench_encoders.py            # writes the `encoders` section of RESULTS.md
 
@@ -13,7 +13,7 @@ fast are they on this machine, and how fast does the store read back?
     zero-shot score: each name with the article-type words removed is assigned the type
     whose name (e.g. "sports shoes") is most similar -- only meaning can do that.
 (b) Throughput: items/s of the real extraction pipeline (``extract_images`` with its
-    DataLoader workers / ``extract_texts``, LMDB writes included) per encoder.
+    DataLoader workers / ``extract_texts``, LMDB writes included) per modality encoder.
 (c) LMDB reads: ``bulk()`` of 100k x 384 float16 vectors and batched random ``get_many``,
     against ``numpy.load`` and ``np.memmap`` of the same matrix (all to float32, all from
     the page cache).
@@ -36,9 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, git_commit, machine, write_section  # noqa: E402
 
+from mmrec.data.features_stage import extract_images, extract_texts  # noqa: E402
 from mmrec.data.prepared import write_prepared  # noqa: E402
-from mmrec.features import encoders as E  # noqa: E402
-from mmrec.features.extract import extract_images, extract_texts  # noqa: E402
+from mmrec.features import modality_encoders as E  # noqa: E402
 from mmrec.features.simple import HashedBowEncoder, PixelProjectionEncoder  # noqa: E402
 from mmrec.features.store import FeatureStore  # noqa: E402
 
@@ -151,7 +151,7 @@ def lmdb_reads(workdir: Path, n: int, dim: int, batch: int, batches: int) -> dic
     data = rng.standard_normal((n, dim)).astype(np.float16)  # [n, dim]
     path = workdir / "bulk.lmdb"
     start = time.perf_counter()
-    with FeatureStore.create(path, dim=dim, num_items=n, encoder="bench", dtype="float16") as writer:
+    with FeatureStore.create(path, dim=dim, num_items=n, modality_encoder="bench", dtype="float16") as writer:
         for pos in range(0, n, 10_000):
             writer.put_many(np.arange(pos, min(pos + 10_000, n)), data[pos:pos + 10_000])
     write_s = time.perf_counter() - start

@@ -3,7 +3,7 @@
 Usage (from the repository root):
 
     python experiments/bench_models.py --dataset demo             # 3 seeds per model
-    python experiments/bench_models.py --dataset ml100k           # prepares ml100k first (encoder=offline)
+    python experiments/bench_models.py --dataset ml100k           # prepares ml100k first (modality_encoder=offline)
     python experiments/bench_models.py --dataset demo --seeds 0   # quick
     python experiments/bench_models.py --dataset ml100k --models lightgcn vbpr/concat \
         --samplers uniform dns popularity in_batch mixgcf           # samplers: quality and cost
@@ -33,30 +33,30 @@ DESCRIPTION = {
             "64-d deterministic image and text features.",
     "ml100k": "MovieLens-100k (MMRec split 75k/12k/13k): 943 users, 1,682 items; image = EfficientNet-Lite0 "
               "(ImageNet) features of the 466 real posters (the other items: missing image, masked), text = "
-              "all-MiniLM-L6-v2 of plot summary + genres + cast + director (`encoder=offline`). Cold items are "
-              "the test/validation items that happen to have no training interaction.",
-    "ml100k_cold": "MovieLens-100k as `ml100k` (same posters and plot-text features, `encoder=offline`) with 10% of the "
-                   "movies (168) held out of training entirely (`dataset=ml100k_cold`: their interactions moved to "
-                   "validation/test), so the cold columns measure content on cold items.",
+              "all-MiniLM-L6-v2 of plot summary + genres + cast + director (`modality_encoder=offline`). Cold "
+              "items are the test/validation items that happen to have no training interaction.",
+    "ml100k_cold": "MovieLens-100k as `ml100k` (same posters and plot-text features, `modality_encoder=offline`) "
+                   "with 10% of the movies (168) held out of training entirely (`dataset=ml100k_cold`: their "
+                   "interactions moved to validation/test), so the cold columns measure content on cold items.",
 }
 
 
 def prepare_ml100k(dataset: str = "ml100k") -> str:
-    """Prepare ``dataset`` (ml100k or ml100k_cold) with the offline encoders; returns a Markdown
-    table of its stages."""
+    """Prepare ``dataset`` (ml100k or ml100k_cold) with the offline modality encoders; returns a
+    Markdown table of its stages."""
     import subprocess
 
     from common import ROOT
 
-    cmd = [sys.executable, "-m", "mmrec.prepare", f"dataset={dataset}", "encoder=offline", "prepare.progress=false",
-           "dataset.source.progress=false"]
+    cmd = [sys.executable, "-m", "mmrec.prepare", f"dataset={dataset}", "modality_encoder=offline",
+           "prepare.progress=false", "dataset.source.progress=false"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
     summary = json.loads((ROOT / "data" / dataset / "prepare_summary.json").read_text())
-    lines = [f"### Preparing {dataset} with the offline encoders", "",
-             f"Command: `python -m mmrec.prepare dataset={dataset} encoder=offline` (wall time per stage; "
-             "0 s = already done)", "",
+    lines = [f"### Preparing {dataset} with the offline modality encoders", "",
+             f"Command: `python -m mmrec.prepare dataset={dataset} modality_encoder=offline` (wall time per "
+             "stage; 0 s = already done)", "",
              "| stage | seconds | summary |", "|---|---:|---|"]
     for rec in summary["stages"]:
         detail = ", ".join(f"{k}={v}" for k, v in rec["summary"].items() if not isinstance(v, (dict, list)))

@@ -1,8 +1,9 @@
-"""Prepare a dataset end to end: ``python -m mmrec.prepare dataset=beauty encoder=offline``.
+"""Prepare a dataset end to end: ``python -m mmrec.prepare dataset=ml100k modality_encoder=offline``.
 
 Runs the source's stages (Amazon 2023: download -> parse -> filter -> split -> items ->
 images -> tables; ml100k: items -> images -> tables) and then one feature stage per modality
-of the chosen ``encoder`` (image, text), which extracts the features once, offline, into
+of the chosen ``modality_encoder`` (image, text: the pretrained feature extractors, not the
+recommender's ``model.encoder``), which extracts the features once, offline, into
 ``features/<modality>.lmdb``. Every stage is resumable and a finished one is skipped; the
 end prints a summary (counts after each step, missing images / text, seconds per stage),
 also written to ``<root>/prepare_summary.json``.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,55 +22,27 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.data.prepared import DatasetError, is_prepared, read_manifest, write_manifest
+from mmrec.data.prepared import is_prepared, read_manifest, write_manifest
 from mmrec.data.stages import Stage, format_summary, run_stages
 
 log = logging.getLogger(__name__)
 
 
-def _stored_encoder(root: Path, modality: str) -> str | None:
-    entry = read_manifest(root).get("features", {}).get(modality)
-    return entry.get("encoder") if entry else None
-
-
-def _extract(root: Path, modality: str, encoders, overwrite: bool, progress: bool) -> dict:
-    from mmrec.features.extract import extract_images, extract_texts
-
-    encoder = encoders.build(modality)
-    stored = _stored_encoder(root, modality)
-    path = root / "features" / f"{modality}.lmdb"
-    if stored is not None and stored != encoder.encoder_id:
-        if not overwrite:
-            raise DatasetError(f"{root}: features/{modality}.lmdb was extracted with {stored!r}, not "
-                               f"{encoder.encoder_id!r}. Pass prepare.overwrite_features=true to replace it, "
-                               f"or prepare into another folder (dataset.root=...).")
-    if overwrite and path.exists() and stored != encoder.encoder_id:
-        manifest = read_manifest(root)
-        manifest.get("features", {}).pop(modality, None)
-        write_manifest(root, manifest)  # unregister first: a crash now leaves "missing", never "wrong"
-        shutil.rmtree(path)
-    if modality == "image":
-        extract_images(root, modality, encoder, batch_size=encoders.batch_size, dtype=encoders.dtype,
-                       num_workers=encoders.num_workers, progress=progress)
-    else:
-        extract_texts(root, modality, encoder, batch_size=encoders.batch_size, dtype=encoders.dtype,
-                      progress=progress)
-    entry = read_manifest(root)["features"][modality]
-    return {k: entry[k] for k in ("dim", "count", "missing") if k in entry} | {"encoder": entry.get("encoder")}
-
-
-def feature_stages(root: Path, encoder_cfg: DictConfig | None, overwrite: bool, progress: bool) -> list[Stage]:
-    """One stage per modality the encoder config covers (``image`` / ``text`` not null).
-    Encoders are built when their stage runs, so a skipped stage loads no model."""
-    if encoder_cfg is None:
+def feature_stages(root: Path, modality_encoder_cfg: DictConfig | None, overwrite: bool,
+                   progress: bool) -> list[Stage]:
+    """One stage per modality the ``modality_encoder`` config covers (``image`` / ``text`` not
+    null). Modality encoders are built when their stage runs, so a skipped stage loads no model."""
+    if modality_encoder_cfg is None:
         return []
-    encoders = instantiate(encoder_cfg)  # an EncoderSet; builds nothing yet
+    from mmrec.data.features_stage import extract_modality
+
+    modality_encoders = instantiate(modality_encoder_cfg)  # a ModalityEncoderSet; builds nothing yet
     stages = []
-    for modality in encoders.modalities:
-        params = OmegaConf.to_container(encoder_cfg[modality], resolve=True)
-        params |= {"dtype": str(encoder_cfg.dtype)}
+    for modality in modality_encoders.modalities:
+        params = OmegaConf.to_container(modality_encoder_cfg[modality], resolve=True)
+        params |= {"dtype": str(modality_encoder_cfg.dtype)}
         stages.append(Stage(f"features_{modality}", params,
-                            lambda m=modality: _extract(root, m, encoders, overwrite, progress)))
+                            lambda m=modality: extract_modality(root, m, modality_encoders, overwrite, progress)))
     return stages
 
 
@@ -100,8 +72,8 @@ def prepare(cfg: DictConfig) -> list[dict]:
     else:
         stages = list(source.stages(root))
         makes_features = False
-    encoder_cfg = None if makes_features or not opts.features else cfg.get("encoder")
-    extra = feature_stages(root, encoder_cfg, bool(opts.overwrite_features), bool(opts.progress))
+    modality_encoder_cfg = None if makes_features or not opts.features else cfg.get("modality_encoder")
+    extra = feature_stages(root, modality_encoder_cfg, bool(opts.overwrite_features), bool(opts.progress))
     if extra:
         modalities = [s.name.removeprefix("features_") for s in extra]
         stages.append(Stage("expect", {"modalities": modalities}, lambda: _expect_features(root, modalities)))

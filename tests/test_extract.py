@@ -1,4 +1,5 @@
-"""Batched extraction into LMDB: manifest entry, missing inputs, resume, DataLoader workers."""
+"""Batched extraction into LMDB: manifest entry, missing inputs, resume, DataLoader workers; the
+store-level functions need no prepared dataset."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrec.data.prepared import load_prepared, read_manifest, write_prepared
-from mmrec.features.extract import extract_images, extract_texts
+from mmrec.data.features_stage import extract_images, extract_modality, extract_texts, stored_modality_encoder
+from mmrec.data.prepared import DatasetError, load_prepared, read_manifest, write_manifest, write_prepared
+from mmrec.features.extract import encode_images, encode_texts
+from mmrec.features.modality_encoders import ModalityEncoderSet
 from mmrec.features.simple import HashedBowEncoder, PixelProjectionEncoder
 from mmrec.features.store import FeatureStore, FeatureStoreError
 
@@ -59,7 +62,7 @@ class Flaky(PixelProjectionEncoder):
 
 
 class PilOnly:
-    """An encoder with only ``__call__(list[PIL.Image])`` (no preprocess / encode_tensor)."""
+    """A modality encoder with only ``__call__(list[PIL.Image])`` (no preprocess / encode_tensor)."""
 
     modality, dim, encoder_id = "image", 3, "mean-colour"
 
@@ -73,10 +76,10 @@ def test_images_manifest_entry_and_missing(tmp_path):
     enc = PixelProjectionEncoder(dim=16, size=8)
     manifest = extract_images(tmp_path, "image", enc, batch_size=4, dtype="float32")
     entry = manifest["features"]["image"]
-    assert set(entry) >= {"path", "dim", "dtype", "encoder", "weights_hash", "count", "missing", "seconds",
-                          "items_per_s"}
+    assert list(entry) == ["path", "dim", "dtype", "modality_encoder", "weights_hash", "count", "missing",
+                           "seconds", "items_per_s"]
     assert entry["path"] == "features/image.lmdb" and entry["dim"] == 16 and entry["dtype"] == "float32"
-    assert entry["encoder"] == enc.encoder_id and entry["weights_hash"] == enc.weights_hash
+    assert entry["modality_encoder"] == enc.encoder_id and entry["weights_hash"] == enc.weights_hash
     assert (entry["count"], entry["missing"]) == (N_ITEMS - 3, 3)
     assert entry["seconds"] > 0 and entry["items_per_s"] > 0
     assert read_manifest(tmp_path)["features"]["image"] == entry
@@ -125,10 +128,10 @@ def test_resume_after_crash_keeps_stored_ids(tmp_path):
     assert done.calls == 0
 
 
-def test_other_encoder_cannot_resume_a_store(tmp_path):
+def test_other_modality_encoder_cannot_resume_a_store(tmp_path):
     _dataset(tmp_path)
     extract_images(tmp_path, "image", PixelProjectionEncoder(dim=16, size=8), batch_size=8)
-    with pytest.raises(FeatureStoreError, match="encoder="):
+    with pytest.raises(FeatureStoreError, match="modality_encoder="):
         extract_images(tmp_path, "image", PixelProjectionEncoder(dim=16, size=8, seed=1), batch_size=8)
 
 
@@ -145,7 +148,7 @@ def test_dataloader_workers_match_in_process(tmp_path):
     a.close(), b.close()
 
 
-def test_encoder_without_preprocess_gets_pil_images(tmp_path):
+def test_modality_encoder_without_preprocess_gets_pil_images(tmp_path):
     images = _dataset(tmp_path)
     entry = extract_images(tmp_path, "mean", PilOnly(), batch_size=4, num_workers=2,
                            dtype="float32")["features"]["mean"]
@@ -155,3 +158,52 @@ def test_encoder_without_preprocess_gets_pil_images(tmp_path):
     assert mask.tolist() == [True, False]
     assert torch.allclose(values[0], PilOnly()([images[0]])[0], atol=1e-6)
     store.close()
+
+
+def test_store_level_functions_take_inputs_and_a_store_path(tmp_path):
+    """mmrec.features encodes inputs into a store path; the data layer only adds path + manifest."""
+    images = _dataset(tmp_path / "ds")
+    refs = load_prepared(tmp_path / "ds").items["image"].to_numpy()
+    enc = PixelProjectionEncoder(dim=16, size=8)
+    stats = encode_images(tmp_path / "img.lmdb", refs, enc, image_root=tmp_path / "ds", batch_size=4,
+                          dtype="float32")
+    assert (stats["count"], stats["missing"]) == (N_ITEMS - 3, 3)
+    entry = extract_images(tmp_path / "ds", "image", enc, batch_size=4, dtype="float32")["features"]["image"]
+    volatile = ("path", "seconds", "items_per_s")
+    assert {k: v for k, v in stats.items() if k not in volatile} == \
+        {k: v for k, v in entry.items() if k not in volatile}
+    store = FeatureStore(tmp_path / "img.lmdb")
+    values, mask = store.bulk()
+    assert store.modality_encoder == enc.encoder_id and int(mask.sum()) == N_ITEMS - 3
+    ok = [i for i in range(N_ITEMS) if images[i] is not None]
+    assert torch.allclose(values[ok], enc([images[i] for i in ok]), atol=1e-6)
+    store.close()
+    stats = encode_texts(tmp_path / "txt.lmdb", ["red shoe", "", "blue hat"], HashedBowEncoder(dim=8), batch_size=2)
+    assert (stats["count"], stats["missing"], stats["dim"]) == (2, 1, 8)
+
+
+def test_entries_of_datasets_prepared_before_the_rename_are_read(tmp_path):
+    """Manifests written before the modality-encoder rename recorded the id as ``encoder``."""
+    _dataset(tmp_path)
+    enc = PixelProjectionEncoder(dim=16, size=8)
+    extract_images(tmp_path, "image", enc, batch_size=8)
+    manifest = read_manifest(tmp_path)
+    entry = manifest["features"]["image"]
+    entry["encoder"] = entry.pop("modality_encoder")
+    write_manifest(tmp_path, manifest)
+    assert stored_modality_encoder(tmp_path, "image") == enc.encoder_id
+    assert stored_modality_encoder(tmp_path, "text") is None
+
+
+def test_feature_stage_refuses_or_replaces_a_store_of_another_modality_encoder(tmp_path):
+    _dataset(tmp_path)
+    first = ModalityEncoderSet(image=PixelProjectionEncoder(dim=16, size=8), batch_size=8, num_workers=0)
+    summary = extract_modality(tmp_path, "image", first, overwrite=False, progress=False)
+    first_id = first.build("image").encoder_id
+    assert summary == {"dim": 16, "count": N_ITEMS - 3, "missing": 3, "modality_encoder": first_id}
+    other = ModalityEncoderSet(image=PixelProjectionEncoder(dim=16, size=8, seed=1), batch_size=8, num_workers=0)
+    with pytest.raises(DatasetError, match="overwrite_features"):
+        extract_modality(tmp_path, "image", other, overwrite=False, progress=False)
+    assert stored_modality_encoder(tmp_path, "image") == first_id
+    summary = extract_modality(tmp_path, "image", other, overwrite=True, progress=False)
+    assert summary["modality_encoder"] == stored_modality_encoder(tmp_path, "image") == other.build("image").encoder_id

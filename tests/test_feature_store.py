@@ -14,7 +14,7 @@ def _write(path, n=50, dim=8, dtype="float16", missing=(3, 7)):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     present = np.setdiff1d(np.arange(n), missing)
-    with FeatureStore.create(path, dim=dim, num_items=n, encoder="test", dtype=dtype) as w:
+    with FeatureStore.create(path, dim=dim, num_items=n, modality_encoder="test", dtype=dtype) as w:
         for chunk in np.array_split(present, 4):  # several batched transactions
             w.put_many(chunk, vectors[chunk])
         w.put_missing(missing)
@@ -46,16 +46,16 @@ def test_get_many_keeps_order_and_reports_missing(tmp_path):
 
 def test_unwritten_items_are_missing_and_resume_skips_done(tmp_path):
     path = tmp_path / "f.lmdb"
-    with FeatureStore.create(path, dim=4, num_items=10, encoder="e") as w:
+    with FeatureStore.create(path, dim=4, num_items=10, modality_encoder="e") as w:
         w.put_many([0, 1, 2], np.ones((3, 4)))
     assert FeatureStore(path).bulk()[1].tolist() == [True] * 3 + [False] * 7
-    with FeatureStore.create(path, dim=4, num_items=10, encoder="e") as w:  # a restarted job
+    with FeatureStore.create(path, dim=4, num_items=10, modality_encoder="e") as w:  # a restarted job
         assert w.done_ids().tolist() == [0, 1, 2]
 
 
 def test_interrupted_batch_leaves_consistent_store(tmp_path):
     path = tmp_path / "f.lmdb"
-    with FeatureStore.create(path, dim=4, num_items=10, encoder="e") as w:
+    with FeatureStore.create(path, dim=4, num_items=10, modality_encoder="e") as w:
         w.put_many([0, 1], np.ones((2, 4)))
         with pytest.raises(FeatureStoreError):  # a failing batch (NaN) writes nothing
             w.put_many([2, 3], np.array([[1, 2, 3, 4], [np.nan, 0, 0, 0]]))
@@ -66,7 +66,33 @@ def test_interrupted_batch_leaves_consistent_store(tmp_path):
 def test_reopening_with_other_settings_fails(tmp_path):
     _write(tmp_path / "f.lmdb")
     with pytest.raises(FeatureStoreError, match="dim=8"):
-        FeatureStore.create(tmp_path / "f.lmdb", dim=16, num_items=50, encoder="test")
+        FeatureStore.create(tmp_path / "f.lmdb", dim=16, num_items=50, modality_encoder="test")
+
+
+def test_store_written_before_the_rename_reads_and_resumes(tmp_path):
+    """Stores written before the modality-encoder rename call the id ``encoder`` in their meta."""
+    import json
+
+    import lmdb
+
+    path = tmp_path / "old.lmdb"
+    vectors = _write(path, n=10, dim=4, missing=())
+    env = lmdb.open(str(path), max_dbs=3, subdir=True)
+    meta_db = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        meta = json.loads(txn.get(b"meta", db=meta_db))
+        meta["encoder"] = meta.pop("modality_encoder")
+        txn.put(b"meta", json.dumps(meta).encode(), db=meta_db)
+    env.close()
+    store = FeatureStore(path)
+    assert store.modality_encoder == "test"
+    store.close()
+    with FeatureStore.create(path, dim=4, num_items=10, modality_encoder="test") as w:  # resumes
+        assert len(w.done_ids()) == 10
+    with pytest.raises(FeatureStoreError, match="modality_encoder='test'"):
+        FeatureStore.create(path, dim=4, num_items=10, modality_encoder="other")
+    values, mask = FeatureStore(path).bulk()
+    assert bool(mask.all()) and torch.allclose(values, torch.from_numpy(vectors), atol=2e-3)
 
 
 def test_missing_store_has_clear_error(tmp_path):
@@ -119,7 +145,7 @@ def test_block_cache_equals_item_path_and_never_goes_stale(tmp_path, monkeypatch
     assert half.dtype == torch.float16 and torch.equal(half.float(), from_items[0])
     store.close()
     # a later write (here: item 3 gets a vector) drops the blocks before changing anything
-    with FeatureStore.create(path, dim=8, num_items=50, encoder="test") as w:
+    with FeatureStore.create(path, dim=8, num_items=50, modality_encoder="test") as w:
         w.put_many([3], vectors[3:4])
     store = FeatureStore(path)
     values, mask = store.bulk()
@@ -129,7 +155,7 @@ def test_block_cache_equals_item_path_and_never_goes_stale(tmp_path, monkeypatch
 
 def test_incomplete_store_has_no_blocks(tmp_path):
     path = tmp_path / "p.lmdb"
-    with FeatureStore.create(path, dim=4, num_items=10, encoder="test") as w:
+    with FeatureStore.create(path, dim=4, num_items=10, modality_encoder="test") as w:
         w.put_many([0, 1], np.ones((2, 4), dtype=np.float32))
     store = FeatureStore(path)
     assert store._read_blocks(None) is None

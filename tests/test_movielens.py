@@ -14,7 +14,7 @@ from conftest import compose_cfg, shared_path
 def ml100k(tmp_path_factory):
     path = shared_path("ml100k-mm")
     data = tmp_path_factory.mktemp("ml")
-    cfg = compose_cfg(["dataset=ml100k", "encoder=simple", f"paths.data_dir={data}",
+    cfg = compose_cfg(["dataset=ml100k", "modality_encoder=simple", f"paths.data_dir={data}",
                        f"dataset.source.path={path}", "dataset.source.progress=false", "prepare.progress=false"],
                       config_name="prepare")
     records = prepare(cfg)
@@ -61,7 +61,7 @@ def test_ml100k_cold_holds_out_a_tenth_of_the_movies(tmp_path):
     from mmrec.data.mmrec_format import read_inter
 
     path = shared_path("ml100k-mm")
-    cfg = compose_cfg(["dataset=ml100k_cold", "encoder=simple", f"paths.data_dir={tmp_path}",
+    cfg = compose_cfg(["dataset=ml100k_cold", "modality_encoder=simple", f"paths.data_dir={tmp_path}",
                        f"dataset.source.path={path}", "dataset.source.progress=false", "prepare.progress=false",
                        "dataset.source.images.enabled=false"], config_name="prepare")
     records = prepare(cfg)

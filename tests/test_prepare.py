@@ -1,4 +1,4 @@
-"""mmrec.prepare on single-step sources: the source's own features, no encoder, no re-generation."""
+"""mmrec.prepare on single-step sources: the source's own features, no modality encoder, no re-generation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import SMALL_DEMO, compose_cfg
 
 
 def test_demo_prepares_once_with_its_own_features(tmp_path):
-    # the default encoder (clip_minilm) would need the hub: it must not be used for the demo
+    # the default modality encoder (clip_minilm) would need the hub: it must not be used for the demo
     cfg = compose_cfg([f"paths.data_dir={tmp_path}", "prepare.progress=false", *SMALL_DEMO], config_name="prepare")
     first = prepare(cfg)
     assert [r["stage"] for r in first] == ["tables"] and first[0]["status"] == "ran"

@@ -17,7 +17,7 @@ Generative story (every draw from one seeded ``numpy`` generator):
 * Warm interactions are split per user at random 8:1:1 (the MMRec protocol), keeping at
   least one training interaction per user.
 
-Features come from the deterministic offline extractors of :mod:`mmrec.features.simple`
+Features come from the deterministic modality encoders of :mod:`mmrec.features.simple`
 (pixel projection for images, hashed bag of words for text).
 """
 
@@ -93,7 +93,7 @@ class DemoSource:
         seed: the one seed of the generator.
     """
 
-    # features come with the source (generated / imported .npy), not from the encoder group
+    # features come with the source (generated / imported .npy), not from the modality_encoder group
     makes_features = True
 
     def __init__(self, num_users: int = 1000, num_items: int = 800, num_styles: int = 12,
@@ -199,7 +199,7 @@ class DemoSource:
         return interactions, items_df, users_df, images, item_style
 
     def prepare(self, root: str | Path) -> dict:
-        from mmrec.features.extract import extract_images, extract_texts
+        from mmrec.data.features_stage import extract_images, extract_texts
         from mmrec.features.simple import HashedBowEncoder, PixelProjectionEncoder
 
         root = Path(root)

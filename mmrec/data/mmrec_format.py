@@ -100,7 +100,7 @@ class MMRecSource:
         feature_dtype: storage dtype of imported features ("float16" or "float32").
     """
 
-    # features come with the source (generated / imported .npy), not from the encoder group
+    # features come with the source (generated / imported .npy), not from the modality_encoder group
     makes_features = True
 
     def __init__(self, path: str, name: str,
@@ -149,7 +149,7 @@ def import_npy_feature(root: Path, modality: str, npy: Path, num_items: int, dty
     rel = f"features/{modality}.lmdb"
     present = np.zeros(num_items, dtype=bool)
     with FeatureStore.create(root / rel, dim=arr.shape[1], num_items=num_items,
-                             encoder=f"file:{npy.name}", dtype=dtype) as writer:
+                             modality_encoder=f"file:{npy.name}", dtype=dtype) as writer:
         step = 4096
         for start in range(0, num_items, step):  # batches, one transaction each
             block = np.asarray(arr[start:start + step], dtype=np.float32)
@@ -159,6 +159,6 @@ def import_npy_feature(root: Path, modality: str, npy: Path, num_items: int, dty
             writer.put_many(ids[keep], block[keep])
             writer.put_missing(ids[~keep])
     return register_feature(root, modality, {
-        "path": rel, "dim": int(arr.shape[1]), "dtype": dtype, "encoder": f"file:{npy.name}",
+        "path": rel, "dim": int(arr.shape[1]), "dtype": dtype, "modality_encoder": f"file:{npy.name}",
         "count": int(present.sum()), "missing": int((~present).sum()),
     })

@@ -9,13 +9,15 @@ A prepared dataset is a folder::
       items.parquet          item:int64 raw_id:str title:str text:str image:str
                              (image: path relative to <root>, absolute path or URL; "" = none)
       users.parquet          user:int64 raw_id:str
-      features/<name>.lmdb   one LMDB feature store per modality/encoder (see mmrec.features.store)
+      features/<name>.lmdb   one LMDB feature store per modality / modality encoder (see mmrec.features.store)
       images/                optional image cache
 
 ``manifest.json`` records the format version, counts, the split rule, one entry per
-feature store (path, dim, dtype, encoder id, weights_hash, count, missing, seconds,
-items_per_s), optionally ``expected_features`` (written by ``mmrec.prepare`` before its
-feature stages, so training refuses a half-extracted dataset) and a SHA-256 per table file,
+feature store (path, dim, dtype, modality_encoder id, weights_hash, count, missing, seconds,
+items_per_s; datasets prepared before the modality-encoder rename record the id as
+``encoder``, read by :func:`feature_modality_encoder`), optionally ``expected_features``
+(written by ``mmrec.prepare`` before its feature stages, so training refuses a half-extracted
+dataset) and a SHA-256 per table file,
 which :func:`load_prepared` verifies, so a truncated or edited file is caught before
 training rather than producing quietly wrong numbers.
 """
@@ -135,13 +137,19 @@ def write_prepared(
 
 
 def register_feature(root: str | os.PathLike, name: str, entry: dict) -> dict:
-    """Add/replace one feature entry (path, dim, dtype, encoder, weights_hash, count, missing,
-    seconds, items_per_s) in the manifest."""
+    """Add/replace one feature entry (path, dim, dtype, modality_encoder, weights_hash, count,
+    missing, seconds, items_per_s) in the manifest."""
     root = Path(root)
     manifest = read_manifest(root)
     manifest["features"][name] = entry
     write_manifest(root, manifest)
     return manifest
+
+
+def feature_modality_encoder(entry: dict) -> str | None:
+    """The id of the modality encoder recorded in a manifest feature entry (``modality_encoder``;
+    ``encoder`` in datasets prepared before the rename), or None."""
+    return entry.get("modality_encoder", entry.get("encoder"))
 
 
 def _normalise_interactions(df: pd.DataFrame) -> pd.DataFrame:

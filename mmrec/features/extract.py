@@ -1,22 +1,25 @@
-"""Offline feature extraction into LMDB: batched, resumable, honest about missing inputs.
+"""Batched feature extraction into an LMDB store: resumable, honest about missing inputs.
 
-Features are computed once per dataset and encoder and stored; training only reads them.
+Features are computed once per dataset and modality encoder and stored; training only reads
+them. The functions here take the inputs (image references, texts), a modality encoder and
+the store path; reading a prepared dataset and recording the store in its manifest is the
+data layer's part (:mod:`mmrec.data.features_stage`).
 
 * Images: a torch ``DataLoader`` walks the items not yet in the store, one batch of ids per
-  sample; its workers open, decode and (when the encoder has ``preprocess`` /
-  ``encode_tensor``, see :mod:`mmrec.features.encoders`) resize and normalise the images,
-  returning ``(ids [b], pixels [k, ...], ok [b])``. The main process runs the network
-  (on the encoder's device; pinned memory when that is CUDA) under
+  sample; its workers open, decode and (when the modality encoder has ``preprocess`` /
+  ``encode_tensor``, see :mod:`mmrec.features.modality_encoders`) resize and normalise the
+  images, returning ``(ids [b], pixels [k, ...], ok [b])``. The main process runs the network
+  (on the modality encoder's device; pinned memory when that is CUDA) under
   ``torch.inference_mode`` and writes the batch in one LMDB transaction.
-* Texts: ``title + ". " + text`` in batches.
+* Texts: one string per item, in batches.
 * An input that cannot be used (no image reference, unreadable or corrupt file, empty
   text) is recorded as *missing* in the store, never as a zero vector.
 * A restarted extraction skips the items already in the store (vectors and recorded
   missing alike), so an interrupted job resumes where it stopped.
 
-The manifest entry (``register_feature``) records ``path, dim, dtype, encoder,
-weights_hash, count, missing, seconds, items_per_s``; ``seconds`` and ``items_per_s`` are
-those of the run that completed the store (items it processed / its wall time).
+Both return ``dim, dtype, modality_encoder, weights_hash, count, missing, seconds,
+items_per_s``; ``seconds`` and ``items_per_s`` are those of the run that completed the store
+(items it processed / its wall time).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +36,6 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mmrec.data.prepared import load_prepared, register_feature
 from mmrec.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -109,21 +111,22 @@ def _count(path: Path) -> tuple[int, int]:
         store.close()
 
 
-def _run(root: Path, name: str, encoder, num_items: int, dtype: str, progress: bool | None,
+def _run(path: Path, modality_encoder, num_items: int, dtype: str, progress: bool | None,
          batches: Callable[[np.ndarray], Iterator[tuple[np.ndarray, object, np.ndarray]]],
          encode: Callable[[object], torch.Tensor]) -> dict:
-    """Shared loop: open/resume the store, encode the batches of not-yet-done ids, register."""
-    rel = f"features/{name}.lmdb"
-    weights_hash = getattr(encoder, "weights_hash", "unknown")
+    """Shared loop: open/resume the store, encode the batches of not-yet-done ids, count."""
+    path = Path(path)
+    weights_hash = getattr(modality_encoder, "weights_hash", "unknown")
     start = time.time()
     processed = 0
-    with FeatureStore.create(root / rel, dim=encoder.dim, num_items=num_items, encoder=encoder.encoder_id,
-                             dtype=dtype, extra={"weights_hash": weights_hash}) as writer:
+    with FeatureStore.create(path, dim=modality_encoder.dim, num_items=num_items,
+                             modality_encoder=modality_encoder.encoder_id, dtype=dtype,
+                             extra={"weights_hash": weights_hash}) as writer:
         todo = np.setdiff1d(np.arange(num_items), writer.done_ids())
         if len(todo) < num_items:
-            log.info("%s: resuming, %d of %d items already stored", rel, num_items - len(todo), num_items)
-        bar = tqdm(total=len(todo), desc=f"{name} ({encoder.modality})", unit="item", unit_scale=True,
-                   disable=not _show_progress(progress), dynamic_ncols=True)
+            log.info("%s: resuming, %d of %d items already stored", path, num_items - len(todo), num_items)
+        bar = tqdm(total=len(todo), desc=f"{path.stem} ({modality_encoder.modality})", unit="item",
+                   unit_scale=True, disable=not _show_progress(progress), dynamic_ncols=True)
         unusable: list[int] = []
         stream = batches(todo)
         try:
@@ -141,38 +144,44 @@ def _run(root: Path, name: str, encoder, num_items: int, dtype: str, progress: b
             stream.close()  # stops image workers now, also when encoding raised
             bar.close()
     seconds = time.time() - start
-    count, missing = _count(root / rel)
-    log.info("%s: %d items encoded, %d missing%s; this run %d items in %.1fs", rel, count, missing,
+    count, missing = _count(path)
+    log.info("%s: %d items encoded, %d missing%s; this run %d items in %.1fs", path, count, missing,
              f" (e.g. items {unusable})" if unusable else "", processed, seconds)
-    return register_feature(root, name, {
-        "path": rel, "dim": int(encoder.dim), "dtype": dtype, "encoder": encoder.encoder_id,
-        "weights_hash": weights_hash, "count": count, "missing": missing,
-        "seconds": round(seconds, 3), "items_per_s": round(processed / seconds, 2) if seconds > 0 else None})
+    return {"dim": int(modality_encoder.dim), "dtype": dtype, "modality_encoder": modality_encoder.encoder_id,
+            "weights_hash": weights_hash, "count": count, "missing": missing, "seconds": round(seconds, 3),
+            "items_per_s": round(processed / seconds, 2) if seconds > 0 else None}
 
 
-def extract_images(root: str | Path, name: str, encoder, batch_size: int = 256, dtype: str = "float16",
-                   num_workers: int = 0, progress: bool | None = None) -> dict:
-    """Encode ``items.image`` of a prepared dataset into ``features/<name>.lmdb``; returns the manifest.
+def encode_images(path: str | Path, refs: Sequence[str] | np.ndarray, modality_encoder, image_root: str | Path,
+                  batch_size: int = 256, dtype: str = "float16", num_workers: int = 0,
+                  progress: bool | None = None) -> dict:
+    """Encode the image of every item into the store at ``path``; returns its statistics.
 
     Args:
-        root: prepared-dataset folder.
-        name: feature name (store ``features/<name>.lmdb``, manifest key).
-        encoder: an image encoder (``dim``, ``encoder_id``, ``__call__(list[PIL.Image])``;
-            with ``preprocess`` + ``encode_tensor`` the resizing runs in the workers too).
+        path: the LMDB store (created, or resumed when it exists with the same settings).
+        refs: ``[num_items]`` image reference per item: a path relative to ``image_root``, an
+            absolute path, or ``""`` for none (missing).
+        modality_encoder: an image modality encoder (``modality``, ``dim``, ``encoder_id``,
+            ``__call__(list[PIL.Image])``; with ``preprocess`` + ``encode_tensor`` the
+            resizing runs in the workers too).
+        image_root: folder that relative references are resolved against.
         batch_size: images per batch (one DataLoader sample, one LMDB transaction).
         dtype: stored value type, ``"float16"`` or ``"float32"``.
         num_workers: DataLoader worker processes decoding images (0 = in this process).
         progress: show a tqdm bar (items/s); None = only when stderr is a terminal.
+
+    Returns:
+        ``{dim, dtype, modality_encoder, weights_hash, count, missing, seconds, items_per_s}``.
     """
-    root = Path(root)
-    ds = load_prepared(root, verify=False)
-    refs = ds.items["image"].to_numpy()
-    preprocess = getattr(encoder, "preprocess", None) if hasattr(encoder, "encode_tensor") else None
-    device = getattr(encoder, "device", torch.device("cpu"))
+    refs = np.asarray(refs, dtype=object)
+    image_root = Path(image_root)
+    enc = modality_encoder
+    preprocess = getattr(enc, "preprocess", None) if hasattr(enc, "encode_tensor") else None
+    device = getattr(enc, "device", torch.device("cpu"))
     on_cuda = torch.device(device).type == "cuda"
 
     def batches(todo: np.ndarray):
-        loader = DataLoader(ImageBatches(root, refs, todo, batch_size, preprocess), batch_size=None,
+        loader = DataLoader(ImageBatches(image_root, refs, todo, batch_size, preprocess), batch_size=None,
                             shuffle=False, num_workers=num_workers, pin_memory=on_cuda and preprocess is not None,
                             prefetch_factor=2 if num_workers > 0 else None)
         it = iter(loader)
@@ -183,25 +192,18 @@ def extract_images(root: str | Path, name: str, encoder, batch_size: int = 256, 
             del it  # shuts the workers down now, also when encoding raised
 
     def encode(images) -> torch.Tensor:
-        return encoder.encode_tensor(images) if preprocess is not None else encoder(images)
+        return enc.encode_tensor(images) if preprocess is not None else enc(images)
 
-    return _run(root, name, encoder, ds.num_items, dtype, progress, batches, encode)
-
-
-def item_texts(items) -> np.ndarray:
-    """``title + ". " + text`` per item (stripped); ``""`` where both are empty."""
-    return (items["title"].str.strip() + ". " + items["text"].str.strip()).str.strip(". ").to_numpy()
+    return _run(Path(path), enc, len(refs), dtype, progress, batches, encode)
 
 
-def extract_texts(root: str | Path, name: str, encoder, batch_size: int = 256, dtype: str = "float16",
-                  progress: bool | None = None) -> dict:
-    """Encode ``items.title + items.text`` into ``features/<name>.lmdb``; empty text is missing.
-
-    Arguments as :func:`extract_images` (no workers: tokenising is cheap next to the model).
+def encode_texts(path: str | Path, texts: Sequence[str] | np.ndarray, modality_encoder, batch_size: int = 256,
+                 dtype: str = "float16", progress: bool | None = None) -> dict:
+    """Encode the text of every item (``texts[item]``) into the store at ``path``; empty text
+    is missing. Arguments and result as :func:`encode_images` (no workers: tokenising is cheap
+    next to the model).
     """
-    root = Path(root)
-    ds = load_prepared(root, verify=False)
-    texts = item_texts(ds.items)
+    texts = np.asarray(texts, dtype=object)
 
     def batches(todo: np.ndarray):
         for pos in range(0, len(todo), batch_size):
@@ -210,4 +212,4 @@ def extract_texts(root: str | Path, name: str, encoder, batch_size: int = 256, d
             ok = np.array([bool(t) for t in batch], dtype=bool)
             yield ids, [str(t) for t in batch[ok]], ok
 
-    return _run(root, name, encoder, ds.num_items, dtype, progress, batches, encoder)
+    return _run(Path(path), modality_encoder, len(texts), dtype, progress, batches, modality_encoder)

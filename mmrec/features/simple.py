@@ -1,7 +1,8 @@
-"""Deterministic, dependency-free feature extractors (no weights, no download).
+"""Deterministic, dependency-free modality encoders (no weights, no download).
 
-They are the documented extractors of the demo dataset and a cheap offline baseline in
-the ``encoder`` config group. Both are fixed functions of the input and a seed:
+They are the documented feature extractors of the demo dataset and a cheap offline baseline
+in the ``modality_encoder`` config group (choice ``simple``). Both are fixed functions of the
+input and a seed:
 
 * :class:`PixelProjectionEncoder` — image resized to ``size x size`` RGB in [0, 1],
   flattened and concatenated with per-channel 8-bin colour histograms, centred, then
@@ -10,9 +11,9 @@ the ``encoder`` config group. Both are fixed functions of the input and a seed:
   ``buckets`` bins, ``log(1 + tf)`` weights, a fixed Gaussian projection to ``dim``,
   L2-normalised. Empty text cannot be encoded and is reported as missing.
 
-Both have the interface of :mod:`mmrec.features.encoders` (``weights_hash``, ``device``;
-the image one also ``preprocess`` / ``encode_tensor`` so resizing runs in DataLoader
-workers); having no weights, ``weights_hash`` says so.
+Both have the interface of :mod:`mmrec.features.modality_encoders` (``weights_hash``,
+``device``; the image one also ``preprocess`` / ``encode_tensor`` so resizing runs in
+DataLoader workers); having no weights, ``weights_hash`` says so.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LMDB feature store: one store per modality and encoder.
+"""LMDB feature store: one store per modality and modality encoder.
 
 Layout of ``<name>.lmdb`` (an LMDB directory):
 
@@ -6,8 +6,9 @@ Layout of ``<name>.lmdb`` (an LMDB directory):
   walks items in index order), value = the raw vector bytes (``dim`` values of
   ``dtype``) or the empty value ``b""`` for an item recorded as *missing* (for example
   an image that could not be decoded).
-* ``meta`` sub-database: ``b"meta"`` -> JSON with ``dim``, ``dtype``, ``encoder``,
-  ``num_items`` (and free-form ``extra``).
+* ``meta`` sub-database: ``b"meta"`` -> JSON with ``dim``, ``dtype``, ``modality_encoder``
+  (the id of the modality encoder that wrote the vectors; stores written before the rename
+  call it ``encoder``, which is still read), ``num_items`` (and free-form ``extra``).
 * ``blocks`` sub-database (a read cache written when a writer closes on a *complete* store,
   every item stored or recorded missing): key = block index (8-byte big-endian), value =
   ``BLOCK_ROWS`` consecutive rows (missing rows zero-filled); ``meta[b"blocks"]`` holds the
@@ -58,6 +59,13 @@ def _keys(ids: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in raw]
 
 
+def _upgrade_meta(meta: dict) -> dict:
+    """Meta of a store written before the modality-encoder rename: ``encoder`` -> ``modality_encoder``."""
+    if "modality_encoder" not in meta and "encoder" in meta:
+        meta = {("modality_encoder" if k == "encoder" else k): v for k, v in meta.items()}
+    return meta
+
+
 def _map_size(num_items: int, dim: int, itemsize: int) -> int:
     # Generous upper bound: LMDB maps lazily, unused map size costs no disk.
     need = num_items * (dim * itemsize + 64) * 2 + (64 << 20)
@@ -89,8 +97,8 @@ class FeatureStoreWriter:
             if stored is None:
                 txn.put(_META_KEY, json.dumps(meta).encode(), db=self._meta_db)
             else:
-                old = json.loads(stored)
-                for field in ("dim", "dtype", "encoder", "num_items"):
+                old = _upgrade_meta(json.loads(stored))
+                for field in ("dim", "dtype", "modality_encoder", "num_items"):
                     if old[field] != meta[field]:
                         raise FeatureStoreError(
                             f"{self.path}: existing store has {field}={old[field]!r} but this job "
@@ -215,7 +223,7 @@ class FeatureStore:
         meta = self._read_meta()
         self.dim: int = int(meta["dim"])
         self.dtype: str = meta["dtype"]
-        self.encoder: str = meta["encoder"]
+        self.modality_encoder: str = meta["modality_encoder"]  # id of the modality encoder that wrote it
         self.num_items: int = int(meta["num_items"])
         self.extra: dict = meta.get("extra", {})
         self._np_dtype = _DTYPES[self.dtype]
@@ -227,7 +235,7 @@ class FeatureStore:
         *,
         dim: int,
         num_items: int,
-        encoder: str,
+        modality_encoder: str,
         dtype: str = "float16",
         extra: dict | None = None,
     ) -> FeatureStoreWriter:
@@ -236,7 +244,7 @@ class FeatureStore:
             raise FeatureStoreError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"dim": int(dim), "dtype": dtype, "encoder": encoder, "num_items": int(num_items),
+        meta = {"dim": int(dim), "dtype": dtype, "modality_encoder": modality_encoder, "num_items": int(num_items),
                 "extra": extra or {}}
         return FeatureStoreWriter(path, meta)
 
@@ -266,7 +274,7 @@ class FeatureStore:
                                     f"or not an mmrec feature store: re-extract it.") from err
         if raw is None:
             raise FeatureStoreError(f"{self.path}: store has no metadata; re-extract it.")
-        return json.loads(raw)
+        return _upgrade_meta(json.loads(raw))
 
     def close(self) -> None:
         if self._env is not None and self._pid == os.getpid():

