@@ -11,8 +11,10 @@ tree. The report has
   runs optimised (per dataset) marked;
 * ``runs.csv``: one row per run (the numbers the summary averages);
 * ``val_curve.png`` (validation Recall@20 per epoch, from ``csv/version_*/metrics.csv``),
-  ``recall_at_k.png`` (Recall@K for every K in ``metrics.json``) and ``warm_cold.png``
-  (test Recall@20 over all, warm and cold items).
+  ``recall_at_k.png`` (Recall@K for every K in ``metrics.json``), ``warm_cold.png``
+  (test Recall@20 over all, warm and cold items) and ``accuracy_beyond.png`` (test
+  Recall@20 against catalogue coverage and against novelty: which models buy accuracy by
+  showing everyone the same popular items).
 
 Everything is a plain function of folders and DataFrames (the notebook
 ``notebooks/results.ipynb`` calls the same ones); :class:`SweepSummary` is the Hydra
@@ -38,6 +40,7 @@ import pandas as pd
 import yaml
 
 from mmrec.utils.config import CONFIG_DIR
+from mmrec.utils.logging import METRIC_ORDER
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: reading runs does not need it
     from matplotlib.figure import Figure
@@ -48,7 +51,8 @@ BASE_COLUMNS = ("dataset", "model", "fusion", "sampler")
 """Settings that always identify a configuration (names of the conf/ group choices)."""
 
 DEFAULT_TABLE_METRICS = ("val/recall@20", "val/ndcg@20", "test/recall@20", "test/ndcg@20",
-                         "test/warm/recall@20", "test/cold/recall@20")
+                         "test/warm/recall@20", "test/cold/recall@20", "test/coverage@20", "test/gini@20",
+                         "test/novelty@20", "test/ild_content@20", "test/ild_emb@20", "test/cold_exposure@20")
 """Metrics shown in ``summary.md`` (``summary.csv`` has all of them)."""
 
 PERF_COLUMNS = ("best_epoch", "epochs_trained", "s_per_epoch", "s_per_val", "peak_rss_mb", "fit_seconds")
@@ -307,7 +311,7 @@ def _metric_sort_key(name: str) -> tuple:
     split, rest = name.split("/", 1)
     group = rest.split("/")[0] if rest.count("/") else ""
     metric, _, k = rest.split("/")[-1].partition("@")
-    order = ["recall", "ndcg", "precision", "map", "hit"]
+    order = list(METRIC_ORDER)
     return (split != "val", ["", "warm", "cold"].index(group) if group in ("", "warm", "cold") else 3,
             order.index(metric) if metric in order else len(order), metric, int(k) if k.isdigit() else 0)
 
@@ -388,7 +392,9 @@ def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = DEFAULT_TABLE_ME
 
 def _short(metric: str) -> str:
     """``test/warm/recall@20`` -> ``test warm R@20`` (compact column titles)."""
-    names = {"recall": "R", "ndcg": "NDCG", "precision": "P", "map": "MAP", "hit": "Hit"}
+    names = {"recall": "R", "ndcg": "NDCG", "precision": "P", "map": "MAP", "hit": "Hit", "coverage": "Cov",
+             "gini": "Gini", "entropy": "Entropy", "avg_pop": "AvgPop", "aplt": "APLT", "novelty": "Nov",
+             "ild_content": "ILD", "ild_emb": "ILD(emb)", "cold_exposure": "ColdExp"}
     parts = metric.split("/")
     name, _, k = parts[-1].partition("@")
     return " ".join(parts[:-1] + [f"{names.get(name, name)}@{k}" if k else name])
@@ -553,6 +559,43 @@ def plot_warm_cold(summary: pd.DataFrame, metric: str = "recall@20", split: str 
     return fig
 
 
+BEYOND_AXES = (("coverage@20", "catalogue coverage@20 (share of items shown to anyone)"),
+               ("novelty@20", "novelty@20 (mean self-information, bits)"))
+"""The x axes of :func:`plot_accuracy_vs_beyond`."""
+
+
+def plot_accuracy_vs_beyond(summary: pd.DataFrame, accuracy: str = "recall@20", split: str = "test",
+                            axes: Sequence[tuple[str, str]] = BEYOND_AXES) -> "Figure":
+    """``<split>/<accuracy>`` against each beyond-accuracy metric of ``axes``, one point per
+    configuration (error bars: std over seeds), labelled next to the point. A model up and to
+    the right is accurate without concentrating on the same few popular items."""
+    labels = configuration_labels(summary).tolist()
+    fig = _new_figure(5.0 * len(axes), 4.5)
+    subplots = fig.subplots(1, len(axes), squeeze=False)[0]
+    y_col = f"{split}/{accuracy}"
+    for ax, (metric, title) in zip(subplots, axes):
+        x_col = f"{split}/{metric}"
+        if x_col not in summary.columns or y_col not in summary.columns or summary[x_col].isna().all():
+            ax.text(0.5, 0.5, f"no {x_col} in these runs", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        for i, (_, row) in enumerate(summary.iterrows()):
+            if pd.isna(row[x_col]):
+                continue
+            x_err = row.get(f"{x_col}_std")
+            y_err = row.get(f"{y_col}_std")
+            ax.errorbar(row[x_col], row[y_col], xerr=0.0 if pd.isna(x_err) else x_err,
+                        yerr=0.0 if pd.isna(y_err) else y_err, marker="o", capsize=3, color=f"C{i % 10}")
+            ax.annotate(labels[i], (row[x_col], row[y_col]), textcoords="offset points", xytext=(5, 4),
+                        fontsize="small", color=f"C{i % 10}")
+        ax.set_xlabel(title)
+        ax.set_ylabel(f"{split} {accuracy}")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.1)
+    fig.suptitle(f"{split}: accuracy against what the lists show (mean ± std over seeds)")
+    return fig
+
+
 # --------------------------------------------------------------------------------------
 # Writing a report
 # --------------------------------------------------------------------------------------
@@ -573,7 +616,7 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
     """Collect the runs below ``root`` and write the report into ``out`` (default ``root``).
 
     Returns the written files by name (``summary_md``, ``summary_csv``, ``runs_csv`` and,
-    with ``plots``, ``val_curve``, ``recall_at_k``, ``warm_cold``).
+    with ``plots``, ``val_curve``, ``recall_at_k``, ``warm_cold``, ``accuracy_beyond``).
     """
     root = Path(root)
     runs = runs_frame(find_runs(root))  # first: a missing root must not be created as `out`
@@ -595,7 +638,8 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
     if plots:
         metric = runs["optimized_metric"].mode().iloc[0]
         figures = {"val_curve": plot_curves(curves_frame(runs, metric), metric),
-                   "recall_at_k": plot_recall_at_k(summary), "warm_cold": plot_warm_cold(summary)}
+                   "recall_at_k": plot_recall_at_k(summary), "warm_cold": plot_warm_cold(summary),
+                   "accuracy_beyond": plot_accuracy_vs_beyond(summary)}
         for name, fig in figures.items():
             files[name] = out / f"{name}.png"
             _save_figure(fig, files[name])

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
 
 # score_fn(users [B], items [B, M]) -> scores [B, M], using the current step's embeddings.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

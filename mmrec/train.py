@@ -25,6 +25,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmrec.evaluation.evaluator import Evaluator
 from mmrec.fusion import fusion_name
 from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
@@ -72,19 +73,21 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         kwargs.update(features=datamodule.features, fusion=fusion)
     encoder = instantiate(cfg.model.encoder, **kwargs)
 
+    evaluator = Evaluator(
+        datamodule.splits, datamodule.item_sets, ks=list(cfg.evaluation.ks),
+        block=cfg.evaluation.get("rank_block"), lists=cfg.evaluation.get("lists", "final"),
+        # intra-list diversity in the dataset's content space, the same for every model
+        content=datamodule.features.content_vectors())
     module = RecModule(
         encoder=encoder,
         sampler=instantiate(cfg.sampler),
         graph=datamodule.graph,
         train_matrix=datamodule.train_matrix,
-        valid_matrix=datamodule.valid_matrix,
-        test_matrix=datamodule.test_matrix,
+        evaluator=evaluator,
         features=datamodule.features if encoder_cls.uses_content else None,
-        optimizer=instantiate(cfg.model.optimizer),
+        optimizer=instantiate(cfg.model.optimizer) if cfg.model.get("optimizer") else None,
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         l2_weight=cfg.model.l2_weight,
-        eval_ks=list(cfg.evaluation.ks),
-        rank_block=cfg.evaluation.get("rank_block"),
         monitor=cfg.optimized_metric,
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
@@ -111,12 +114,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule: RecDataModule = objects["datamodule"]
 
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainable = module.encoder.trainable
+    if trainable:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    else:
+        log.info("%s learns nothing: evaluating it without fitting.", type(module.encoder).__name__)
     fit_seconds = time.time() - start
 
     ckpt = trainer.checkpoint_callback
-    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    if best_path is None:
+    best_path = ckpt.best_model_path if trainable and ckpt is not None and ckpt.best_model_path else None
+    if best_path is None and trainable:
         log.warning("No best checkpoint (no ModelCheckpoint callback or fast_dev_run): "
                     "evaluating the last weights.")
     metrics: dict[str, Any] = {}

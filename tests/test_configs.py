@@ -63,7 +63,8 @@ def test_every_object_config_has_target():
         if path.parent.name in ("callbacks", "logger"):
             nodes = [v for k, v in node.items() if k != "defaults"]
         elif path.parent.name == "model":
-            nodes = [node.model.encoder, node.model.optimizer]
+            # baselines with nothing to train (pop, random) have no optimiser
+            nodes = [node.model.encoder] + ([node.model.optimizer] if node.model.optimizer is not None else [])
         else:
             nodes = [node] if "defaults" not in node else []
         for n in nodes:

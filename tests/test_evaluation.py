@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from mmrec.data.interactions import InteractionMatrix
-from mmrec.evaluation.ranking import evaluate, hit_matrix
+from mmrec.core.interactions import InteractionMatrix
+from mmrec.core.items import ItemSets
+from mmrec.evaluation.evaluator import Evaluator
+from mmrec.evaluation.ranking import top_items
 
 U, I = 60, 100
 
@@ -16,6 +18,20 @@ def splits():
     users, items = keys // I, keys % I
     parts = [slice(0, 600), slice(600, 750), slice(750, 900)]
     return [InteractionMatrix(users[p], items[p], U, I) for p in parts]
+
+
+def _evaluate(score_fn, splits, ks=(10, 20, 50), chunk_size=1024, history=None):
+    """The test split's metrics through the :class:`Evaluator` (``history``: its exclusions)."""
+    train, valid, test = splits
+    evaluator = Evaluator({"train": train, "valid": valid, "test": test},
+                          ItemSets.from_training(train.pairs()[1], I), ks=ks,
+                          history=None if history is None else {"test": history})
+    return evaluator.evaluate(lambda users, out=None: score_fn(users), "test", batch_size=chunk_size)
+
+
+def _rank_top(scores, users, exclude, k):
+    """Top-k ids of ready-made ``scores`` of ``users`` (masked in place)."""
+    return top_items(lambda _: scores, users, exclude, k)[0]
 
 
 def _dense(m: InteractionMatrix) -> torch.Tensor:
@@ -30,7 +46,7 @@ def test_oracle_scores_one(splits):
     truth = _dense(test)
     # The oracle also scores training items highest: masking must remove them.
     scores = truth + 2.0 * _dense(train)
-    out = evaluate(lambda users: scores[users].clone(), test, [train, valid], ks=[10, 20])
+    out = _evaluate(lambda users: scores[users].clone(), splits, ks=[10, 20])
     assert out["recall@20"] == pytest.approx(1.0)
     assert out["ndcg@20"] == pytest.approx(1.0)
     assert out["hit@10"] == pytest.approx(1.0)
@@ -39,14 +55,14 @@ def test_oracle_scores_one(splits):
 def test_unmasked_history_would_hurt(splits):
     train, valid, test = splits
     scores = _dense(test) + 2.0 * _dense(train)
-    unmasked = evaluate(lambda users: scores[users].clone(), test, [], ks=[5])
+    unmasked = _evaluate(lambda users: scores[users].clone(), splits, ks=[5], history=())
     assert unmasked["recall@5"] < 1.0
 
 
 def test_random_model_near_expected_value(splits):
     train, valid, test = splits
     torch.manual_seed(0)
-    out = evaluate(lambda users: torch.rand(len(users), I), test, [train, valid], ks=[20])
+    out = _evaluate(lambda users: torch.rand(len(users), I), splits, ks=[20])
     # Each test item lands in the top 20 of the ~(I - |history|) candidates at random.
     hist = train.counts() + valid.counts()
     users = test.users_with_items()
@@ -58,7 +74,7 @@ def test_masked_items_never_ranked(splits):
     train, valid, test = splits
     users = test.users_with_items()
     scores = torch.randn(len(users), I) + 10 * _dense(train)[users]
-    hits, _ = hit_matrix(scores, users, [train], test, max_k=20)
+    _rank_top(scores, users, [train], 20)
     top = torch.topk(scores, 20, dim=1).indices  # scores were masked in place
     assert not train.contains(users.unsqueeze(1).expand_as(top), top).any()
 
@@ -66,18 +82,18 @@ def test_masked_items_never_ranked(splits):
 def test_chunk_size_does_not_change_results(splits):
     train, valid, test = splits
     scores = torch.randn(U, I)
-    a = evaluate(lambda u: scores[u].clone(), test, [train, valid], chunk_size=7)
-    b = evaluate(lambda u: scores[u].clone(), test, [train, valid], chunk_size=1000)
+    a = _evaluate(lambda u: scores[u].clone(), splits, chunk_size=7)
+    b = _evaluate(lambda u: scores[u].clone(), splits, chunk_size=1000)
     assert a == pytest.approx(b)
 
 
 def test_group_hits_count_only_the_groups_items(splits):
-    from mmrec.evaluation.ranking import hits_of, rank_top
+    from mmrec.evaluation.ranking import hits_of
 
     train, valid, test = splits
     users = test.users_with_items()
     scores = torch.randn(len(users), I)
-    top = rank_top(scores, users, [train], 20)
+    top = _rank_top(scores, users, [train], 20)
     cold = torch.zeros(I, dtype=torch.bool)
     cold[::3] = True
     out = hits_of(top, users, test, I, {"": None, "cold/": cold, "warm/": ~cold})
@@ -90,7 +106,6 @@ def test_group_hits_count_only_the_groups_items(splits):
 
 
 def test_top_items_blocks_unknown_and_exclusions(splits):
-    from mmrec.evaluation.ranking import rank_top, top_items
 
     train, valid, test = splits
     users = test.users_with_items()
@@ -99,7 +114,7 @@ def test_top_items_blocks_unknown_and_exclusions(splits):
     unknown[:5] = True
     ref = scores.clone()
     ref[:, unknown] = -torch.inf
-    ref_top = rank_top(ref, users, [train, valid], 20)  # masks ``ref`` in place
+    ref_top = _rank_top(ref, users, [train, valid], 20)  # masks ``ref`` in place
     for block in (None, 1, 7, 1000):
         top, top_scores = top_items(lambda us: scores[torch.searchsorted(users, us)].clone(),
                                     users, [train, valid], 20, unknown, block)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
 from mmrec.graph.bipartite import BipartiteGraph
 
 

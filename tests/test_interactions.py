@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
 
 
 def _random_matrix(seed=0, users=30, items=40, nnz=200):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
 from mmrec.features.featureset import FeatureSet
 from mmrec.fusion import AttentionFusion, ConcatFusion, GatedFusion, GraphSumFusion, LateFusion
 from mmrec.graph.bipartite import BipartiteGraph
@@ -90,7 +90,7 @@ def test_untrained_id_embedding_of_a_cold_item_is_not_scored(graph, features):
     keep = graph.edge_index[1] != 14
     cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
     warm = int(cold_graph.edge_index[1][0])
-    assert not cold_graph.item_known[14] and cold_graph.item_known[warm]
+    assert not cold_graph.item_sets.warm[14] and cold_graph.item_sets.warm[warm]
     for model in _models(features):
         model.eval()
         name = type(model).__name__
@@ -288,7 +288,7 @@ def test_cold_item_neighbours_match_brute_force(graph, features):
 
     keep = graph.edge_index[1] % 4 != 0  # a quarter of the items lose all their edges
     cold_graph = BipartiteGraph(InteractionMatrix(graph.edge_index[0][keep], graph.edge_index[1][keep], U, I))
-    known = cold_graph.item_known
+    known = cold_graph.item_sets.warm
     assert (~known).sum() >= 3
     module = ColdItemNeighbours(features, k=3).eval()  # evaluation: training leaves rows as they are
     # the models use it for cold items (MMGCN: whole representation, GRCN: ID part,
@@ -300,11 +300,11 @@ def test_cold_item_neighbours_match_brute_force(graph, features):
         model.eval()
         with torch.no_grad():
             _, item = model(cold_graph, features)
-            model.cold = None
+            model.cold = ColdItemNeighbours(features, k=0)  # off
             _, item_off = model(cold_graph, features)
         assert torch.equal(item[known], item_off[known]) and not torch.allclose(item[~known], item_off[~known])
     emb = torch.randn(I, D)
-    out = module(emb, known)
+    out = module(emb, cold_graph.item_sets)
     s = module.adj.to_dense()
     assert torch.equal(out[known], emb[known])  # warm rows untouched
     for i in torch.nonzero(~known).squeeze(1).tolist():
@@ -375,8 +375,7 @@ def test_row_only_training_step_equals_the_full_one(graph, features, fusion):
 
     pairs = InteractionMatrix(*_graph_pairs(graph), U, I)
     module = RecModule(encoder=VBPR(U, I, features, partial(fusion), embedding_dim=D), sampler=UniformSampler(),
-                       graph=graph, train_matrix=pairs, valid_matrix=pairs, test_matrix=pairs, features=features,
-                       l2_weight=1e-2)
+                       graph=graph, train_matrix=pairs, features=features, l2_weight=1e-2)
     module.on_train_epoch_start()
     users, pos = _graph_pairs(graph)
     losses, grads = [], []
@@ -405,7 +404,7 @@ def test_l2_term_is_that_of_the_concatenated_ego_tables(graph, features):
     users, items = torch.tensor([0, 3, 3, 7]), torch.tensor([[1, 2, 5], [9, 0, 4], [2, 2, 8], [6, 1, 3]])
     for model in _models(features):
         module = RecModule(encoder=model, sampler=UniformSampler(), graph=graph, train_matrix=pairs,
-                           valid_matrix=pairs, test_matrix=pairs, features=features, l2_weight=1.0)
+                           features=features, l2_weight=1.0)
         module.on_train_epoch_start()
         u, item_rows = torch.randn(4, 1), torch.randn(4, 3, 1)
         loss = module._step_loss(users, items, u, item_rows)

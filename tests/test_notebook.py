@@ -55,4 +55,4 @@ def test_results_notebook_executes_on_demo_outputs(demo_runs, kernel_of_this_pyt
         str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "2 runs, 2 configurations" in text and "lightgcn" in text and "vbpr" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3, "curves, Recall@K and warm/cold plots"
+    assert len(images) == 4, "curves, Recall@K, warm/cold and accuracy-vs-coverage plots"

@@ -39,6 +39,8 @@ def fake_run(folder: Path, model: str, seed: int, val: float, test: float, lr: f
             metrics[f"{split}/ndcg@{k}"] = base * factor / 2
             metrics[f"{split}/warm/recall@{k}"] = base * factor * 1.2
             metrics[f"{split}/cold/recall@{k}"] = base * factor * 0.1
+            metrics[f"{split}/coverage@{k}"] = 0.5 * factor - base  # beyond accuracy: a trade-off
+            metrics[f"{split}/novelty@{k}"] = 9.0 - 10 * base
     record = {"metrics": metrics, "best_epoch": epochs - 1, "epochs_trained": epochs, "seed": seed,
               "optimized_metric": "val/recall@20", "fit_seconds": 1.5,
               "perf": {"train_epoch_s": [2.0] + [1.0] * (epochs - 1), "val_s": [0.5] * epochs,
@@ -127,12 +129,15 @@ def test_markdown_shows_mean_std_seeds_and_best(sweep):
     best_line = next(line for line in lines if "**" in line)
     assert expected in best_line and "| 3 |" in best_line
     assert "val R@20" in lines[0] and "test cold R@20" in lines[0]
+    assert "test Cov@20" in lines[0] and "test Nov@20" in lines[0]
+    assert "ILD" not in lines[0]  # columns the runs do not have are left out
 
 
 def test_write_report_files_and_csv_round_trip(sweep, tmp_path):
     root, _ = sweep
     files = report.write_report(root, tmp_path / "out")
-    for key in ("summary_md", "summary_csv", "runs_csv", "val_curve", "recall_at_k", "warm_cold"):
+    for key in ("summary_md", "summary_csv", "runs_csv", "val_curve", "recall_at_k", "warm_cold",
+                "accuracy_beyond"):
         assert files[key].is_file() and files[key].stat().st_size > 0, key
     assert files["val_curve"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     back = pd.read_csv(files["summary_csv"])

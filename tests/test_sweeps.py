@@ -277,8 +277,8 @@ def test_recommendation_rows_follow_the_evaluation_ranking(make_cfg):
         mine = [r for r in rows if r["user"] == user]
         train_items = set(module.train_matrix.indices[module.train_matrix.indptr[user]:
                                                       module.train_matrix.indptr[user + 1]].tolist())
-        valid_items = set(module.valid_matrix.indices[module.valid_matrix.indptr[user]:
-                                                      module.valid_matrix.indptr[user + 1]].tolist())
+        valid = module.evaluator.splits["valid"]
+        valid_items = set(valid.indices[valid.indptr[user]:valid.indptr[user + 1]].tolist())
         assert valid_items, "only validation users are shown"
         assert [r["rank"] for r in mine] == list(range(1, 9))
         assert not train_items & {r["item"] for r in mine}  # training items are masked, as in evaluation

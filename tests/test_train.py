@@ -57,6 +57,8 @@ def test_training_learns_beyond_popularity(make_cfg):
     metrics, _ = train(make_cfg(["trainer.max_epochs=15", "logger=none"]))
     # Chance level on this demo is about 20 / 150 items per test item; LightGCN is far above.
     assert metrics["test/recall@20"] > 0.3
+    pop, _ = train(make_cfg(["model=pop", "logger=none"]))
+    assert metrics["test/recall@20"] > pop["test/recall@20"]
 
 
 def test_same_seed_same_metrics(make_cfg, tmp_path):
@@ -141,7 +143,7 @@ def test_id_only_model_ranks_cold_items_last(make_cfg):
         with torch.no_grad():
             user_emb, item_emb = module()
         users = torch.arange(module.train_matrix.num_users)
-        top, top_scores = module.rank(user_emb, item_emb, users, [module.train_matrix], 50, unknown)
+        top, top_scores = module.recommend(users, 50, split="valid")
         assert torch.isfinite(top_scores).all()
         assert torch.equal(top_scores, module.encoder.score_all(user_emb, item_emb).gather(1, top))
         if expect_unknown:
@@ -158,3 +160,39 @@ def test_keep_freed_memory_applies_on_glibc():
 
     applied = keep_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_reference_baselines_and_beyond_accuracy_metrics(make_cfg):
+    """Popularity and random go through the same entry point without fitting; every run's final
+    evaluations carry the beyond-accuracy metrics, and they tell the two apart."""
+    out = {}
+    for model in ("pop", "random", "lightgcn"):
+        metrics, objects = train(make_cfg([f"model={model}", "logger=none"]))
+        out[model] = metrics
+        assert objects["module"].test_runs == 1
+        for split in ("val", "test"):
+            for name in ("coverage", "gini", "entropy", "avg_pop", "aplt", "novelty", "ild_content",
+                         "cold_exposure", "cold/coverage"):
+                assert f"{split}/{name}@20" in metrics, (model, split, name)
+    pop, rnd = out["pop"], out["random"]
+    assert objects["trainer"].current_epoch == 2  # LightGCN trained; pop and random did not
+    assert pop["test/gini@20"] > 0.8 > rnd["test/gini@20"]
+    assert rnd["test/coverage@20"] > 0.8 > pop["test/coverage@20"]
+    assert pop["test/avg_pop@20"] > rnd["test/avg_pop@20"]
+    assert rnd["test/novelty@20"] > pop["test/novelty@20"]
+    for metrics in out.values():  # ID-only models never show cold items
+        assert metrics["test/cold_exposure@20"] == 0.0
+    assert pop["test/recall@20"] > rnd["test/recall@20"]  # the demo's popularity is skewed
+
+
+def test_beyond_accuracy_every_validation_is_a_switch(make_cfg, tmp_path):
+    import csv
+
+    for lists, expected in (("final", False), ("every", True)):
+        cfg = make_cfg([f"evaluation.lists={lists}", f"paths.output_dir={tmp_path / lists}"])
+        train(cfg)
+        rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "csv" / "version_0" / "metrics.csv")))
+        during_fit = [r for r in rows if r.get("val/recall@20") and r.get("epoch") in ("0", "1")
+                      and r.get("train/loss") == ""]
+        assert any(r.get("val/coverage@20") for r in rows)  # the final evaluation has them either way
+        assert any(r.get("val/coverage@20") for r in during_fit[:2]) == expected, lists

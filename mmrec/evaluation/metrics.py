@@ -21,7 +21,7 @@ import torch
 Metric = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
 
 
-def _first_k_sums(x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+def first_k_sums(x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """``[U, max_k] -> [U, len(ks)]``: the sum of the first ``k`` columns of ``x``, for each ``k``.
 
     One small matrix product with a 0/1 ``[max_k, len(ks)]`` matrix instead of a cumulative
@@ -37,24 +37,24 @@ def _ks(ks: Sequence[int], like: torch.Tensor) -> torch.Tensor:
 
 def recall(hits: torch.Tensor, num_pos: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """|relevant in top k| / |relevant|."""
-    return _first_k_sums(hits.float(), ks) / num_pos.float().unsqueeze(1)  # [U, len(ks)]
+    return first_k_sums(hits.float(), ks) / num_pos.float().unsqueeze(1)  # [U, len(ks)]
 
 
 def precision(hits: torch.Tensor, num_pos: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """|relevant in top k| / k."""
-    return _first_k_sums(hits.float(), ks) / _ks(ks, hits)
+    return first_k_sums(hits.float(), ks) / _ks(ks, hits)
 
 
 def hit(hits: torch.Tensor, num_pos: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """1 if at least one relevant item is in the top k."""
-    return (_first_k_sums(hits.float(), ks) > 0).float()
+    return (first_k_sums(hits.float(), ks) > 0).float()
 
 
 def ndcg(hits: torch.Tensor, num_pos: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """DCG@k / IDCG@k with binary gains and log2(rank + 2) discounts."""
     max_k = hits.shape[1]
     discount = 1.0 / torch.log2(torch.arange(max_k, dtype=torch.float32, device=hits.device) + 2.0)  # [max_k]
-    dcg = _first_k_sums(hits.float() * discount, ks)  # [U, len(ks)]
+    dcg = first_k_sums(hits.float() * discount, ks)  # [U, len(ks)]
     # Ideal: the min(num_pos, k) relevant items in the first positions.
     n_ideal = torch.minimum(num_pos.unsqueeze(1), torch.as_tensor(ks, device=hits.device).unsqueeze(0))  # [U, len(ks)]
     idcg = discount.cumsum(0)[n_ideal - 1]  # [U, len(ks)]
@@ -68,7 +68,7 @@ def average_precision(hits: torch.Tensor, num_pos: torch.Tensor, ks: Sequence[in
     rank = torch.arange(max_k, device=h.device)
     upper = (rank.unsqueeze(1) <= rank.unsqueeze(0)).float()  # [max_k, max_k]: column r sums ranks <= r
     prec_at_r = (h @ upper) / (rank + 1).float()  # [U, max_k]
-    ap_sum = _first_k_sums(prec_at_r * h, ks)  # [U, len(ks)]
+    ap_sum = first_k_sums(prec_at_r * h, ks)  # [U, len(ks)]
     return ap_sum / torch.minimum(num_pos.float().unsqueeze(1), _ks(ks, h))
 
 

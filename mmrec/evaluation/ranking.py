@@ -4,8 +4,10 @@ find where the relevant items rank.
 Metrics need only the hit matrix ``hits[u, r]`` (the item at rank ``r`` of user ``u`` is
 relevant), so evaluation counts each relevant item's rank (:func:`ranked_hits`) instead of
 selecting a top-k list per user; :func:`top_items` builds the lists where they are shown
-(recommendation tables). Both give the same hits (tested). Nothing here knows about models:
-callers pass a ``score_fn(users) -> [B, num_items]``.
+(recommendation tables, beyond-accuracy metrics, serving). Both give the same hits (tested).
+Nothing here knows about models or splits: callers pass a ``score_fn(users) -> [B, num_items]``
+and the interaction sets to exclude. :class:`mmrec.evaluation.evaluator.Evaluator` decides
+what is excluded for which split and is the entry point everything else calls.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
 from mmrec.evaluation.metrics import compute_all
 
 
@@ -48,13 +50,6 @@ def _nan_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` with NaN replaced by ``-inf`` (a copy only when there is a NaN)."""
     nan = x.isnan()
     return x.masked_fill(nan, -torch.inf) if bool(nan.any()) else x
-
-
-def rank_top(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
-             max_k: int) -> torch.Tensor:
-    """Mask the ``exclude`` items of ``users`` in ``scores`` (in place) and return the
-    ``[B, max_k]`` top item ids (:func:`top_items` on ready-made scores)."""
-    return top_items(lambda _: scores, users, exclude, max_k)[0]
 
 
 def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Tensor,
@@ -223,24 +218,6 @@ def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, nu
     return out
 
 
-def hit_matrix(scores: torch.Tensor, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
-               truth: InteractionMatrix, max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``max_k`` hits for a chunk of users.
-
-    Args:
-        scores: ``[B, num_items]`` scores of ``users``; overwritten in place (masked).
-        users: ``[B]`` user ids.
-        exclude: interaction sets whose items are removed from the ranking (training items,
-            and validation items at test time).
-        truth: the relevant items.
-        max_k: length of the ranked list.
-
-    Returns:
-        ``hits [B, max_k] bool`` and ``num_pos [B]``.
-    """
-    return ranked_hits(lambda _: scores, users, exclude, truth, max_k)[""]
-
-
 class MetricAccumulator:
     """Averages per-user metrics over evaluation batches.
 
@@ -292,16 +269,3 @@ class MetricAccumulator:
             return {}
         return {f"{name}@{k}": float(v) / self._count for name, total in self._sums.items()
                 for k, v in zip(self.ks, total)}
-
-
-def evaluate(score_fn: Callable[[torch.Tensor], torch.Tensor], truth: InteractionMatrix,
-             exclude: Sequence[InteractionMatrix], ks: Sequence[int] = (10, 20, 50),
-             chunk_size: int = 1024) -> dict[str, float]:
-    """Full-ranking metrics for every user that has at least one item in ``truth``."""
-    acc = MetricAccumulator(ks)
-    users = truth.users_with_items()
-    for start in range(0, len(users), chunk_size):
-        chunk = users[start:start + chunk_size]
-        hits, num_pos = hit_matrix(score_fn(chunk), chunk, exclude, truth, max(ks))
-        acc.update(hits, num_pos)
-    return acc.compute()

@@ -44,6 +44,22 @@ class FeatureSet(nn.Module):
             out[name] = (values[items], mask[items])
         return out
 
+    def content_vectors(self) -> torch.Tensor | None:
+        """``[I, sum d_m]`` the raw features fused into one content space, or ``None`` without
+        features: each modality L2-normalised (a missing row stays 0) and scaled by
+        :math:`1/\\sqrt{M}`, then concatenated, so the cosine of two items with every modality
+        is the mean of their per-modality cosines. What item-item similarity (intra-list
+        diversity, serving's similar items and re-ranking) is measured in."""
+        if not self.names:
+            return None
+        scale = len(self.names) ** -0.5
+        parts = []
+        for name in self.names:
+            values, mask = self[name]
+            unit = values / values.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            parts.append(unit * (mask.unsqueeze(1).to(values.dtype) * scale))  # [I, d_m]
+        return torch.cat(parts, dim=1)
+
     @property
     def dims(self) -> dict[str, int]:
         return {name: int(self[name][0].shape[1]) for name in self.names}

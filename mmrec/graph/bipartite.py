@@ -26,7 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
+from mmrec.core.items import ItemSets
 
 
 class _BlockSpMM(torch.autograd.Function):
@@ -89,6 +90,8 @@ class BipartiteGraph(nn.Module):
             that re-weight or prune edges themselves.
         edge_weight: ``[E]`` symmetric-normalisation weight of each edge.
         item_weight_sum: ``[I]`` :math:`\\sum_u \\tilde R_{ui}` (MMGCN: the bias its items receive).
+        item_sets: the split's warm / cold items (:class:`~mmrec.core.items.ItemSets`; built
+            from ``train`` when not given).
     """
 
     norm_ui: torch.Tensor
@@ -97,7 +100,7 @@ class BipartiteGraph(nn.Module):
     edge_weight: torch.Tensor
     item_weight_sum: torch.Tensor
 
-    def __init__(self, train: InteractionMatrix):
+    def __init__(self, train: InteractionMatrix, item_sets: ItemSets | None = None):
         super().__init__()
         self.num_users = train.num_users
         self.num_items = train.num_items
@@ -107,11 +110,9 @@ class BipartiteGraph(nn.Module):
         self.register_buffer("edge_weight", weight, persistent=False)
         self.register_buffer("norm_ui", norm_ui, persistent=False)
         self.register_buffer("norm_iu", norm_iu, persistent=False)
-        # Items with at least one training interaction: the only ones whose ID embedding is
-        # ever trained (cold items are neither positives nor, by protocol, negatives).
-        known = torch.zeros(self.num_items, dtype=torch.bool)
-        known[items] = True
-        self.register_buffer("item_known", known, persistent=False)  # [I] bool
+        self.item_sets = item_sets if item_sets is not None else ItemSets.from_training(items, self.num_items)
+        if not torch.equal(self.item_sets.warm, torch.bincount(items, minlength=self.num_items) > 0):
+            raise ValueError("item_sets.warm must be exactly the items with a training interaction in the graph")
         # The fixed pattern for propagation with learned edge values (GRCN): CSR structure of
         # [U, I] and [I, U]. Edges come user-major with ascending items (InteractionMatrix
         # order), which *is* the [U, I] CSR order: edge-ordered values are its CSR values as

@@ -128,8 +128,7 @@ class WandbRecommendations(L.Callback):
 
     Logged when the model selected on validation is evaluated after fitting (``train()``
     validates the best checkpoint once), so the table shows the model whose metrics are
-    reported. Scores and ranking come from the module itself (``module()`` -> embeddings,
-    ``module.rank`` with the user's training items masked), exactly as in evaluation. Images are the
+    reported. Scores and ranking come from the module itself (``module.recommend``, with the user's training items masked), exactly as in evaluation. Images are the
     prepared dataset's ``items.image`` paths (relative to the dataset root, or absolute);
     URLs and missing files are left empty. Does nothing without a ``WandbLogger``.
 
@@ -170,9 +169,9 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
                         ) -> list[dict]:
     """Top-``k`` items of ``num_users`` validation users, one dict per (user, rank).
 
-    Uses the module's own representations and the evaluation's ranking (``module()`` and
-    ``module.rank``: training items removed), so the list is the one the validation metrics
-    judge.
+    Uses the module's own representations and the evaluation's ranking
+    (:meth:`RecModule.recommend`: training items removed), so the list is the one the
+    validation metrics judge.
 
     Returns dicts with ``user``, ``rank`` (1-based), ``item``, ``title``, ``image`` (local
     file path or ``None``), ``hit`` (the item is one of the user's validation items) and
@@ -180,18 +179,16 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
     """
     from mmrec.evaluation.ranking import hits_of
 
-    candidates = module.valid_matrix.users_with_items()
+    valid = module.evaluator.splits["valid"]
+    candidates = valid.users_with_items()
     if len(candidates) == 0:
         return []
     pick = torch.linspace(0, len(candidates) - 1, min(num_users, len(candidates))).round().long()
     users = candidates[pick].to(module.device)  # [n]
     was_training = module.training
     module.eval()
-    with torch.no_grad():
-        user_emb, item_emb = module()  # [U, d], [I, d]
-        top, top_scores = module.rank(user_emb, item_emb, users, [module.train_matrix],
-                                      min(k, item_emb.shape[0]), module.unrankable_items())  # [n, k], [n, k]
-        hits, _ = hits_of(top, users, module.valid_matrix, item_emb.shape[0])[""]  # [n, k]
+    top, top_scores = module.recommend(users, k, split="valid")  # [n, k], [n, k]: training items masked
+    hits, _ = hits_of(top, users, valid, module.evaluator.num_items)[""]  # [n, k]
     module.train(was_training)
     dataset = getattr(datamodule, "dataset", None)
     items = dataset.items.set_index("item") if dataset is not None else None

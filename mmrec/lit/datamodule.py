@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmrec.data.interactions import InteractionMatrix
+from mmrec.core.interactions import InteractionMatrix
+from mmrec.core.items import ItemSets
 from mmrec.data.prepared import DatasetError, PreparedDataset, is_prepared, load_prepared, read_manifest
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
@@ -96,7 +96,7 @@ class RecDataModule(L.LightningDataModule):
         if hasattr(self.source, "stages"):  # real sources: tables, images and features, offline
             raise DatasetError(f"{self.root}: not prepared yet. Real datasets are prepared once, "
                                f"features included, by `python -m mmrec.prepare dataset=<this dataset> "
-                               f"encoder=<choice>` (e.g. encoder=offline here); then train.")
+                               f"modality_encoder=<choice>` (e.g. modality_encoder=offline here); then train.")
         start = time.time()
         log.info("Preparing dataset into %s from %s", self.root, self.source.describe())
         self.source.prepare(self.root)
@@ -128,19 +128,19 @@ class RecDataModule(L.LightningDataModule):
         self.dataset = ds
         u, i = ds.num_users, ds.num_items
         train_u, train_i = ds.split("train")
-        # negatives come from items with a training interaction only (cold items stay unseen)
-        self.train_matrix = InteractionMatrix(train_u, train_i, u, i, catalogue=np.unique(train_i))
+        self.item_sets = ItemSets.from_training(train_i, i)
+        # negatives come from warm items only (cold items stay unseen in training)
+        self.train_matrix = InteractionMatrix(train_u, train_i, u, i, catalogue=self.item_sets.warm_ids)
         self.valid_matrix = InteractionMatrix(*ds.split("valid"), u, i)
         self.test_matrix = InteractionMatrix(*ds.split("test"), u, i)
-        self.graph = BipartiteGraph(self.train_matrix)
+        self.graph = BipartiteGraph(self.train_matrix, self.item_sets)
         names = list(ds.feature_entries) if self.feature_names is None else self.feature_names
         self.features = FeatureSet({name: ds.feature_store(name).bulk() for name in names})
         train_users, train_items = ds.split("train")
         self._train_pairs = _PairDataset(torch.as_tensor(train_users), torch.as_tensor(train_items))
-        cold = self.cold_items()
         log.info("Loaded %s: %d users, %d items, %d/%d/%d train/valid/test interactions, "
                  "%d cold items, features %s (%.1fs)", ds.name, u, i, self.train_matrix.nnz,
-                 self.valid_matrix.nnz, self.test_matrix.nnz, int(cold.sum()),
+                 self.valid_matrix.nnz, self.test_matrix.nnz, self.item_sets.num_cold,
                  self.features.dims or "none", time.time() - start)
 
     # -- facts for building models --------------------------------------------------
@@ -152,10 +152,11 @@ class RecDataModule(L.LightningDataModule):
     def num_items(self) -> int:
         return self._require().num_items
 
-    def cold_items(self) -> torch.Tensor:
-        """``[I]`` bool: items without any training interaction."""
+    @property
+    def splits(self) -> dict[str, InteractionMatrix]:
+        """``{"train": ..., "valid": ..., "test": ...}`` interaction sets."""
         self._require()
-        return self.train_matrix.item_degree() == 0
+        return {"train": self.train_matrix, "valid": self.valid_matrix, "test": self.test_matrix}
 
     def _require(self) -> PreparedDataset:
         if self.dataset is None:

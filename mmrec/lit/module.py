@@ -1,17 +1,18 @@
-"""The one LightningModule: loss, negative sampling, optimisation, logging and evaluation
-for every encoder in ``mmrec.models``. It contains no model-specific branches."""
+"""The one LightningModule: loss, negative sampling, optimisation and logging for every
+encoder in ``mmrec.models``; evaluation is delegated to the
+:class:`~mmrec.evaluation.evaluator.Evaluator`. It contains no model-specific branches."""
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable
 
 import lightning as L
 import torch
 
-from mmrec.data.interactions import InteractionMatrix
-from mmrec.evaluation.ranking import MetricAccumulator, ranked_hits, top_items
+from mmrec.core.interactions import InteractionMatrix
+from mmrec.evaluation.evaluator import EvaluationPass, Evaluator, embedding_scorer
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
@@ -22,22 +23,20 @@ log = logging.getLogger(__name__)
 
 
 class RecModule(L.LightningModule):
-    """Trains an encoder with BPR + L2 and evaluates it by full ranking.
+    """Trains an encoder with BPR + L2; evaluates it by full ranking through ``evaluator``.
 
     Args:
         encoder: the graph recommender (``forward(graph, features) -> (user_emb, item_emb)``).
         sampler: negative sampler (uniform, DNS, ...).
-        graph: normalised training graph (constant).
-        train_matrix / valid_matrix / test_matrix: interaction sets of each split.
+        graph: normalised training graph (constant); its ``item_sets`` say which items are cold.
+        train_matrix: training interactions (positives and the negatives' catalogue).
+        evaluator: full-ranking evaluation of the splits (``None``: the module only trains).
         features: item features with masks (empty for ID-only models).
-        optimizer: ``partial`` that takes the parameters (Hydra ``_partial_: true``).
+        optimizer: ``partial`` that takes the parameters (Hydra ``_partial_: true``); ``None`` only
+            for a model that is not trained (``encoder.trainable`` false).
         scheduler: optional ``partial`` that takes the optimizer.
         l2_weight: :math:`\\lambda` of the L2 term on the batch's layer-0 embeddings.
-        eval_ks: cut-offs of the ranking metrics.
         monitor: the validation metric used for model selection (``val/recall@20``).
-        rank_block: users scored at once inside an evaluation batch on a CPU, so that the
-            ``[block, I]`` score matrix stays in cache (``None``: the whole batch; GPUs always
-            score the whole batch). Results do not depend on it.
     """
 
     def __init__(
@@ -46,42 +45,33 @@ class RecModule(L.LightningModule):
         sampler: NegativeSampler,
         graph: BipartiteGraph,
         train_matrix: InteractionMatrix,
-        valid_matrix: InteractionMatrix,
-        test_matrix: InteractionMatrix,
+        evaluator: Evaluator | None = None,
         features: FeatureSet | None = None,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.Adam, lr=1e-3),
+        optimizer: Callable[..., torch.optim.Optimizer] | None = partial(torch.optim.Adam, lr=1e-3),
         scheduler: Callable[..., object] | None = None,
         l2_weight: float = 1e-4,
-        eval_ks: Sequence[int] = (10, 20, 50),
         monitor: str = "val/recall@20",
-        rank_block: int | None = 128,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "sampler", "graph", "train_matrix",
-                                          "valid_matrix", "test_matrix", "features",
-                                          "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["encoder", "sampler", "graph", "train_matrix", "evaluator",
+                                          "features", "optimizer", "scheduler"])
         self.encoder = encoder
+        if optimizer is None and encoder.trainable:
+            raise ValueError(f"{type(encoder).__name__} is trained by gradient steps: it needs an optimizer")
         if encoder.item_local and type(encoder).auxiliary_loss is not GraphRecommender.auxiliary_loss:
             raise TypeError(f"{type(encoder).__name__} is item_local but defines auxiliary_loss, which needs "
                             f"the full tables that its row-only training steps do not compute")
         self.sampler = sampler
         self.graph = graph
         self.train_matrix = train_matrix
-        self.valid_matrix = valid_matrix
-        self.test_matrix = test_matrix
+        self.evaluator = evaluator
         self.features = features if features is not None else FeatureSet()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.l2_weight = l2_weight
-        self.eval_ks = list(eval_ks)
         self.monitor = monitor
-        self.rank_block = rank_block
-        self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._eval_scores: torch.Tensor | None = None
-        self._groups: dict[str, torch.Tensor | None] = {}
+        self._pass: EvaluationPass | None = None  # the evaluation in progress
         self._warned_cold = False
-        self._unknown: torch.Tensor | None = None  # [I] bool: items an ID-only model cannot rank
-        self._accumulators: dict[str, MetricAccumulator] = {}
         self.test_runs = 0  # the test split is meant to be evaluated once per run
         self._epoch_sums = torch.zeros(4)
         self._epoch_count = 0
@@ -165,95 +155,70 @@ class RecModule(L.LightningModule):
 
     # -- evaluation -----------------------------------------------------------------
     def unrankable_items(self) -> torch.Tensor | None:
-        """``[I]`` bool mask of the items the encoder cannot score, or ``None``: an ID-only
-        model knows nothing about an item without training interactions, so such items are
-        ranked last, explicitly, rather than by an arbitrary (untrained) score."""
-        if self.encoder.uses_content:
-            return None
-        cold = ~self.graph.item_known  # [I], built once with the training graph
-        return cold if bool(cold.any()) else None
+        """``[I]`` bool mask of the items the encoder cannot score, or ``None``
+        (:meth:`~mmrec.core.items.ItemSets.unrankable`: cold items, for an ID-only model)."""
+        return self.graph.item_sets.unrankable(self.encoder.uses_content)
 
-    def rank(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
-             exclude: Sequence[InteractionMatrix], k: int, unknown: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full ranking of every item for ``users`` ``[B]``: ``(top-k item ids [B, k], their
-        scores [B, k])``, with the ``exclude`` interactions removed and ``unknown`` items (see
-        :meth:`unrankable_items`) ranked last, users scored ``rank_block`` at a time. The
-        recommendation tables show these lists; evaluation counts the hits of the same ranking
-        without building them (:func:`~mmrec.evaluation.ranking.ranked_hits`)."""
-        return top_items(self._scorer(user_emb, item_emb), users, exclude, k, unknown,
-                         self._block(user_emb))
-
-    def _block(self, user_emb: torch.Tensor) -> int | None:
-        return self.rank_block if user_emb.device.type == "cpu" else None
-
-    def _scorer(self, user_emb: torch.Tensor, item_emb: torch.Tensor,
-                workspace: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``users [b] -> scores [b, I]``, written into ``workspace[:b]`` when given: each
-        block's scores are consumed before the next block is scored, and reusing one buffer
-        spares the allocator a fresh ``[b, I]`` tensor per block (~7% of a CPU pass)."""
-        if workspace is None:
-            return lambda us: self.encoder.score_all(user_emb[us], item_emb)
-        return lambda us: self.encoder.score_all(user_emb[us], item_emb, out=workspace[:len(us)])
-
-    def _start_eval(self) -> None:
-        # Representations are computed once per evaluation pass, explicitly, and dropped
-        # at its end: no cache survives into training or is filled by forward().
+    def recommend(self, users: torch.Tensor, k: int, split: str = "known") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(item ids [B, k], scores [B, k])`` of ``users`` ``[B]``: the evaluation's ranking
+        (:meth:`Evaluator.top_items`) with the history of ``split`` removed (``valid``: training
+        items; ``known``: training and validation items), on fresh representations."""
+        if self.evaluator is None:
+            raise RuntimeError("this module has no evaluator")
         with torch.no_grad():
-            self._eval_embeddings = self.encoder(self.graph, self.features)
-        user_emb, item_emb = self._eval_embeddings
-        block = self._block(user_emb)
-        # One [block, I] score buffer for the whole pass (CPU blocks), dropped at its end.
-        self._eval_scores = (torch.empty(block, item_emb.shape[0], dtype=item_emb.dtype)
-                             if block is not None else None)
-        # Metrics over all relevant items, and separately over warm / cold items (cold =
-        # no training interaction), so it shows whether content carries cold items.
-        cold = ~self.graph.item_known  # [I]: no training interaction
-        self._groups = {"": None, "warm/": ~cold, "cold/": cold}
-        self._unknown = self.unrankable_items()
-        if self._unknown is not None and not self._warned_cold:
+            user_emb, item_emb = self.encoder(self.graph, self.features)
+        return self.evaluator.top_items(embedding_scorer(user_emb, item_emb, self.encoder.score_all),
+                                        users, k, split, self.unrankable_items())
+
+    def _collect_lists(self) -> bool:
+        """Whether this evaluation collects top-k lists (beyond-accuracy metrics): on every one,
+        or only on those of the selected checkpoint after fitting (``trainer.validate`` / ``test``)."""
+        mode = self.evaluator.lists
+        if mode != "final":
+            return mode == "every"
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn != "fit"
+
+    def _start_pass(self, split: str) -> None:
+        if self.evaluator is None:
+            raise RuntimeError("this module has no evaluator")
+        # Representations are computed once per evaluation pass, explicitly, and dropped at
+        # its end: no cache survives into training or is filled by forward().
+        with torch.no_grad():
+            user_emb, item_emb = self.encoder(self.graph, self.features)
+        unrankable = self.unrankable_items()
+        if unrankable is not None and not self._warned_cold:
             log.warning("%s uses no content: it cannot score the %d cold items (no training "
                         "interaction), so they are ranked last; see the */cold/* metrics.",
-                        type(self.encoder).__name__, int(cold.sum()))
+                        type(self.encoder).__name__, int(unrankable.sum()))
             self._warned_cold = True
-        self._accumulators = {g: MetricAccumulator(self.eval_ks) for g in self._groups}
+        self._pass = self.evaluator.start(split, embedding_scorer(user_emb, item_emb, self.encoder.score_all),
+                                          unrankable, self._collect_lists(), item_emb, user_emb.device)
 
-    def _eval_step(self, users: torch.Tensor, exclude: Sequence[InteractionMatrix],
-                   truth: InteractionMatrix) -> None:
-        assert self._eval_embeddings is not None
-        user_emb, item_emb = self._eval_embeddings
-        # The hits of the ranking that :meth:`rank` returns, without building its lists.
-        groups = ranked_hits(self._scorer(user_emb, item_emb, self._eval_scores), users, exclude, truth,
-                             max(self.eval_ks), self._unknown, self._block(user_emb), self._groups)
-        for group, (hits, num_pos) in groups.items():  # hits [B, max_k], num_pos [B]
-            self._accumulators[group].update(hits, num_pos)
-
-    def _end_eval(self, prefix: str) -> dict[str, float]:
-        metrics = {f"{prefix}/{group}{k}": v for group, acc in self._accumulators.items()
-                   for k, v in acc.compute().items()}
-        self._eval_embeddings = None
-        self._eval_scores = None
-        self._accumulators = {}
+    def _end_pass(self, prefix: str) -> dict[str, float]:
+        assert self._pass is not None
+        metrics = {f"{prefix}/{name}": v for name, v in self._pass.compute().items()}
+        self._pass = None
         for key, value in metrics.items():
             self.log(key, value, prog_bar=key == self.monitor)
         return metrics
 
     def on_validation_epoch_start(self) -> None:
-        self._start_eval()
+        self._start_pass("valid")
 
     def validation_step(self, users: torch.Tensor, batch_idx: int) -> None:
-        self._eval_step(users, [self.train_matrix], self.valid_matrix)
+        self._pass.update(users)
 
     def on_validation_epoch_end(self) -> None:
-        self._end_eval("val")
+        self._end_pass("val")
 
     def on_test_epoch_start(self) -> None:
         self.test_runs += 1
-        self._start_eval()
+        self._start_pass("test")
 
     def test_step(self, users: torch.Tensor, batch_idx: int) -> None:
         # Test ranking removes training and validation items: both are known history.
-        self._eval_step(users, [self.train_matrix, self.valid_matrix], self.test_matrix)
+        self._pass.update(users)
 
     def on_test_epoch_end(self) -> None:
-        self._end_eval("test")
+        self._end_pass("test")

@@ -30,9 +30,12 @@ class GraphRecommender(nn.Module):
             features (no propagation over the graph), so a training step may compute just
             the rows it scores (:meth:`forward_rows`). Such a model defines no
             :meth:`auxiliary_loss` (it would need the full tables).
+        trainable: the model learns from the training interactions by gradient steps; the
+            reference baselines (popularity, random) do not, and are evaluated without fitting.
     """
 
     uses_content: ClassVar[bool] = False
+    trainable: ClassVar[bool] = True
     supported_fusions: ClassVar[tuple[str, ...]] = ("none",)
     item_local: ClassVar[bool] = False
 
@@ -59,7 +62,7 @@ class GraphRecommender(nn.Module):
     def known_item_ids(item_ids: torch.Tensor, graph: BipartiteGraph, items: torch.Tensor | None = None
                        ) -> torch.Tensor:
         """Item ID embeddings ``[I, d]`` (or the rows ``[n, d]`` of ``items [n]``) with the rows
-        of items that have no training interaction set to zero.
+        of cold items (:attr:`graph.item_sets <mmrec.core.items.ItemSets>`) set to zero.
 
         A cold item's ID embedding is never trained (it is neither a positive nor, by the
         sampling protocol, a negative): left at its random initial value it would add noise
@@ -69,8 +72,7 @@ class GraphRecommender(nn.Module):
         changes nothing for warm items and nothing in training, where cold items never occur
         as the scored item.
         """
-        known = graph.item_known if items is None else graph.item_known[items]
-        return item_ids * known.unsqueeze(1).to(item_ids.dtype)
+        return graph.item_sets.zero_cold(item_ids, items)
 
     def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Layer-0 (free) user and item parameters that the L2 term regularises: for each side,
@@ -123,23 +125,27 @@ class ColdItemNeighbours(nn.Module):
 
     Args:
         features: item features (the kNN graph is built from them).
-        k: neighbours per item and modality.
+        k: neighbours per item and modality; 0 turns the estimate off (rows pass unchanged).
     """
 
     def __init__(self, features, k: int = 10):
         super().__init__()
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        names = list(features.dims)
-        adj, adj_t = fused_knn_graph(features, {m: 1.0 / len(names) for m in names}, k)
-        self.register_buffer("adj", adj, persistent=False)  # [I, I] CSR, constant
-        self.register_buffer("adj_t", adj_t, persistent=False)
+        if k < 0:
+            raise ValueError(f"k must be >= 0 (0: off), got {k}")
+        self.k = k
+        if k:
+            names = list(features.dims)
+            adj, adj_t = fused_knn_graph(features, {m: 1.0 / len(names) for m in names}, k)
+            self.register_buffer("adj", adj, persistent=False)  # [I, I] CSR, constant
+            self.register_buffer("adj_t", adj_t, persistent=False)
 
-    def forward(self, emb: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """``emb [I, d]`` with the rows of items where ``known [I]`` is false replaced (in
-        evaluation only: in training cold items are never scored, so the step skips it)."""
-        if self.training:
+    def forward(self, emb: torch.Tensor, item_sets) -> torch.Tensor:
+        """``emb [I, d]`` with the rows of the cold items of ``item_sets``
+        (:class:`~mmrec.core.items.ItemSets`) replaced (in evaluation only: in training cold
+        items are never scored, so the step skips it)."""
+        if self.training or not self.k:
             return emb
+        known = item_sets.warm  # [I]
         k = known.to(emb.dtype).unsqueeze(1)  # [I, 1]
         # one product for the weighted sums of the rows, their lengths and the weights
         stacked = torch.cat([emb * k, emb.norm(dim=1, keepdim=True) * k, k], dim=1)  # [I, d + 2]

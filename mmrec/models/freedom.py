@@ -92,7 +92,7 @@ class FREEDOM(GraphRecommender):
         self.register_buffer("ii_adj", ii, persistent=False)  # [I, I] CSR, constant
         self.register_buffer("ii_adj_t", ii_t, persistent=False)
         self.projector = ModalityProjector(features.dims, embedding_dim)  # T_m
-        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
+        self.cold = ColdItemNeighbours(features, cold_neighbours)  # 0: off
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_embedding.weight  # [I, d]
@@ -103,8 +103,7 @@ class FREEDOM(GraphRecommender):
         # from its warm content neighbours (evaluation); its item-item part h is its neighbours'
         user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
                                 self.num_ui_layers, lambda u, i: graph.propagate_pair(u, i, blocks))
-        if self.cold is not None:
-            item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
+        item = self.cold(item, graph.item_sets)  # cold items: their warm neighbours' user-item part
         return user, item + h
 
     def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:

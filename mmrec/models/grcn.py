@@ -91,7 +91,7 @@ class GRCN(GraphRecommender):
         for w in (self.user_embedding.weight, self.item_embedding.weight):
             nn.init.xavier_uniform_(w)
         nn.init.xavier_uniform_(self.prototype_init)
-        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
+        self.cold = ColdItemNeighbours(features, cold_neighbours)  # 0: off
 
     def prototypes_and_content(self, graph: BipartiteGraph, features) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p [M, U, d], h [M, I, d])``, both row-normalised."""
@@ -138,8 +138,7 @@ class GRCN(GraphRecommender):
         id_u, id_i = layer_mean(self.user_embedding.weight,
                                 self.known_item_ids(self.item_embedding.weight, graph), self.num_layers,
                                 partial(graph.propagate_weighted, values))
-        if self.cold is not None:
-            id_i = self.cold(id_i, graph.item_known)  # cold items: their warm neighbours' ID part
+        id_i = self.cold(id_i, graph.item_sets)  # cold items: their warm neighbours' ID part
         content_u, content_i = self.fusion.combine(list(p), list(h))
         return torch.cat([id_u, content_u], dim=1), torch.cat([id_i, content_i], dim=1)
 

@@ -120,7 +120,7 @@ class LATTICE(GraphRecommender):
             self.register_buffer(f"init_edges_{m}", torch.stack([rows, cols]), persistent=False)
             self.register_buffer(f"init_values_{m}", init, persistent=False)
             self.register_buffer(f"learned_nbr_{m}", torch.empty(0, knn_k, dtype=torch.long))
-        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
+        self.cold = ColdItemNeighbours(features, cold_neighbours)  # 0: off
         self.refresh(features)
 
     def _projected(self, m: str, features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,8 +159,7 @@ class LATTICE(GraphRecommender):
         # a cold item's user-item part is 0 (see known_item_ids); the item-item part carries it
         user, item = layer_mean(self.user_embedding.weight, self.known_item_ids(self.item_embedding.weight, graph),
                                 self.num_ui_layers, graph.propagate_pair)
-        if self.cold is not None:
-            item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' user-item part
+        item = self.cold(item, graph.item_sets)  # cold items: their warm neighbours' user-item part
         return user, item + normalize_rows(h)
 
     def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:

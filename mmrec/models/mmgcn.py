@@ -113,7 +113,7 @@ class MMGCN(GraphRecommender):
         nn.init.xavier_uniform_(self.id_item.weight)
         self.towers = nn.ModuleList(_ModalityGCN(num_users, embedding_dim, num_layers, concat)
                                     for _ in features.dims)
-        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
+        self.cold = ColdItemNeighbours(features, cold_neighbours)  # 0: off
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         item_x, _ = self.fusion.projector(features)  # [M, I, d] (missing -> learned vector)
@@ -121,8 +121,7 @@ class MMGCN(GraphRecommender):
         parts = [tower(graph, item_x[m], self.id_user.weight, id_item)
                  for m, tower in enumerate(self.towers)]
         user, item = self.fusion.combine([p[0] for p in parts], [p[1] for p in parts])
-        if self.cold is not None:
-            item = self.cold(item, graph.item_known)  # cold items: their warm neighbours' representation
+        item = self.cold(item, graph.item_sets)  # cold items: their warm neighbours' representation
         return user, item
 
     def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:

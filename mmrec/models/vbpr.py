@@ -62,7 +62,7 @@ class VBPR(GraphRecommender):
         self.user_theta = nn.Embedding(num_users, embedding_dim * num_parts)
         for emb in (self.user_gamma, self.item_gamma, self.user_theta):
             nn.init.xavier_uniform_(emb.weight)
-        self.cold = ColdItemNeighbours(features, cold_neighbours) if cold_neighbours else None
+        self.cold = ColdItemNeighbours(features, cold_neighbours)  # 0: off
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._represent(self.user_gamma.weight, self.user_theta.weight, self._item_ids(graph), features)
@@ -78,10 +78,10 @@ class VBPR(GraphRecommender):
         return self._represent(self.user_gamma(users), self.user_theta(users), gamma_i, features.rows(items))
 
     def _item_ids(self, graph: BipartiteGraph) -> torch.Tensor:
-        """``[I, d]`` item :math:`\gamma`: 0 for cold items, or estimated from their warm
+        r"""``[I, d]`` item :math:`\gamma`: 0 for cold items, or estimated from their warm
         content neighbours (evaluation only, :class:`ColdItemNeighbours`)."""
         gamma = self.known_item_ids(self.item_gamma.weight, graph)
-        return self.cold(gamma, graph.item_known) if self.cold is not None else gamma
+        return self.cold(gamma, graph.item_sets)
 
     def _represent(self, gamma_u: torch.Tensor, theta_u: torch.Tensor, gamma_i: torch.Tensor, features
                    ) -> tuple[torch.Tensor, torch.Tensor]:

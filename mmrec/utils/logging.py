@@ -89,16 +89,37 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
+#: Row order of :func:`metrics_table`: headline accuracy first, then the beyond-accuracy metrics.
+METRIC_ORDER = ("recall", "ndcg", "precision", "map", "hit", "coverage", "gini", "entropy", "avg_pop", "aplt",
+                "novelty", "ild_content", "ild_emb", "cold_exposure")
+_SPLIT_ORDER = ("val", "test")
+_GROUP_ORDER = ("", "warm/", "cold/")
+
+
+def metric_sort_key(head: str) -> tuple:
+    """Sort key of ``split/[group/]name``: split (val, test), group (all, warm, cold), then
+    :data:`METRIC_ORDER`; unknown parts last, alphabetically."""
+    split, _, rest = head.partition("/")
+    group, name = (rest.rsplit("/", 1)[0] + "/", rest.rsplit("/", 1)[1]) if "/" in rest else ("", rest)
+
+    def position(value, order):
+        return (order.index(value), "") if value in order else (len(order), value)
+
+    return position(split, _SPLIT_ORDER), position(group, _GROUP_ORDER), position(name, METRIC_ORDER)
+
+
 def metrics_table(metrics: dict[str, float], ks) -> str:
-    """``metrics`` (``split/name@k``) as a plain table: rows split/metric, columns k."""
+    """``metrics`` (``split/name@k``) as a plain table: rows split/metric (headline accuracy
+    first, then beyond accuracy, then the warm and cold groups), columns k."""
     rows = {}
     for key, value in metrics.items():
         if "@" not in key or "/" not in key:
             continue
         head, k = key.rsplit("@", 1)
         rows.setdefault(head, {})[int(k)] = value
-    header = f"{'metric':<18}" + "".join(f"{'@' + str(k):>9}" for k in ks)
+    width = max([18] + [len(head) + 2 for head in rows])
+    header = f"{'metric':<{width}}" + "".join(f"{'@' + str(k):>9}" for k in ks)
     lines = [header, "-" * len(header)]
-    for head in sorted(rows):
-        lines.append(f"{head:<18}" + "".join(f"{rows[head].get(k, float('nan')):>9.4f}" for k in ks))
+    for head in sorted(rows, key=metric_sort_key):
+        lines.append(f"{head:<{width}}" + "".join(f"{rows[head].get(k, float('nan')):>9.4f}" for k in ks))
     return "\n".join(lines)
