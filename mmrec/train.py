@@ -52,6 +52,16 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if not str(cfg.optimized_metric).startswith("val/"):
         raise ConfigError(f"optimized_metric={cfg.optimized_metric!r}: model selection must use a "
                           f"validation metric (val/...), never test.")
+    objects = build_module(cfg)
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {**objects, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def build_module(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule (prepared and set up), encoder and module of a run configuration, seeded:
+    what training needs, and what export rebuilds to load a checkpoint into."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -90,11 +100,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         l2_weight=cfg.model.l2_weight,
         monitor=cfg.optimized_metric,
     )
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
-    loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module,
-            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module}
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -240,6 +240,14 @@ class PreparedDataset:
         sel = self.interactions["split"].to_numpy() == SPLITS[name]
         return (self.interactions["user"].to_numpy()[sel], self.interactions["item"].to_numpy()[sel])
 
+    def local_image(self, value) -> Path | None:
+        """An ``items.image`` entry as a readable local file, or ``None`` ("" = none; URLs are
+        not fetched; a relative path is relative to the dataset root)."""
+        if not isinstance(value, str) or not value or "://" in value:
+            return None
+        path = Path(value) if Path(value).is_absolute() else self.root / value
+        return path if path.is_file() else None
+
     def feature_store(self, name: str):
         from mmrec.features.store import FeatureStore
 

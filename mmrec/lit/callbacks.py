@@ -4,7 +4,6 @@ sample recommendations."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -185,11 +184,8 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
         return []
     pick = torch.linspace(0, len(candidates) - 1, min(num_users, len(candidates))).round().long()
     users = candidates[pick].to(module.device)  # [n]
-    was_training = module.training
-    module.eval()
     top, top_scores = module.recommend(users, k, split="valid")  # [n, k], [n, k]: training items masked
     hits, _ = hits_of(top, users, valid, module.evaluator.num_items)[""]  # [n, k]
-    module.train(was_training)
     dataset = getattr(datamodule, "dataset", None)
     items = dataset.items.set_index("item") if dataset is not None else None
     rows = []
@@ -199,16 +195,8 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
             title, image = "", None
             if items is not None and item in items.index:
                 title = str(items.at[item, "title"]) if "title" in items.columns else ""
-                image = _local_image(dataset.root, items.at[item, "image"]) if "image" in items.columns else None
+                path = dataset.local_image(items.at[item, "image"]) if "image" in items.columns else None
+                image = None if path is None else str(path)
             rows.append({"user": int(users[u]), "rank": r + 1, "item": item, "title": title, "image": image,
                          "hit": bool(hits[u, r]), "score": float(top_scores[u, r])})
     return rows
-
-
-def _local_image(root: Path, value) -> str | None:
-    """An ``items.image`` entry as a readable local file, or ``None`` ("" = none; URLs are
-    not fetched)."""
-    if not isinstance(value, str) or not value or "://" in value:
-        return None
-    path = Path(value) if Path(value).is_absolute() else Path(root) / value
-    return str(path) if path.is_file() else None

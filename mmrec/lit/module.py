@@ -165,8 +165,13 @@ class RecModule(L.LightningModule):
         items; ``known``: training and validation items), on fresh representations."""
         if self.evaluator is None:
             raise RuntimeError("this module has no evaluator")
-        with torch.no_grad():
-            user_emb, item_emb = self.encoder(self.graph, self.features)
+        was_training = self.training
+        self.eval()  # as in evaluation: no edge dropout, cold items estimated
+        try:
+            with torch.no_grad():
+                user_emb, item_emb = self.encoder(self.graph, self.features)
+        finally:
+            self.train(was_training)
         return self.evaluator.top_items(embedding_scorer(user_emb, item_emb, self.encoder.score_all),
                                         users, k, split, self.unrankable_items())
 

@@ -1,0 +1,246 @@
+"""Export -> bundle -> Recommender on the demo: bundle scores equal the model's, the served list
+is the evaluated list, seen and unrankable items never come back, new visitors, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_DEMO, compose_cfg
+from mmrec.serving.bundle import BundleError, load_bundle
+from mmrec.serving.recommender import RecommendError, Recommender, UnknownIdError, fold_in
+
+MODELS = ["lightgcn", "freedom", "vbpr", "mmgcn", "grcn", "lattice", "pop", "random"]
+
+
+def _train(root: Path, data_dir: Path, model: str, extra: list[str] | None = None):
+    from mmrec.train import train
+
+    cfg = compose_cfg([f"paths.data_dir={data_dir}", f"paths.output_dir={root / model}",
+                       f"paths.log_dir={root / 'logs'}", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+                       "+trainer.enable_progress_bar=false", "logger=none", f"model={model}"] + SMALL_DEMO
+                      + (extra or []))
+    metrics, objects = train(cfg)
+    return root / model, objects
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Trained demo runs and their bundles (lightgcn with a saved FAISS index)."""
+    from mmrec.serving.export import export_run
+
+    root = tmp_path_factory.mktemp("serving")
+    out = {}
+    for model in ("lightgcn", "freedom"):
+        run, objects = _train(root, data_dir, model)
+        index = {"factory": "HNSW32", "ef_construction": 200} if model == "lightgcn" else None
+        out[model] = (run, export_run(run, index=index), objects)
+    return out
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_exports_and_bundle_scores_equal_the_models(tmp_path, data_dir, model):
+    from mmrec.serving.export import export_run
+
+    run, objects = _train(tmp_path, data_dir, model)
+    bundle = load_bundle(export_run(run))
+    module = objects["module"]
+    ckpt = objects["trainer"].checkpoint_callback.best_model_path if module.encoder.trainable else None
+    if ckpt:
+        module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    module.eval()
+    with torch.no_grad():
+        user_emb, item_emb = module.encoder(module.graph, module.features)
+        expected = module.encoder.score_all(user_emb, item_emb)  # [U, I]: sums of per-modality dots for late fusion
+    served = torch.tensor(np.asarray(bundle.arrays["user_vectors"])) @ torch.tensor(
+        np.asarray(bundle.arrays["item_vectors"])).T
+    assert torch.allclose(served, expected, atol=1e-5)
+    unrankable = module.unrankable_items()
+    rankable = np.asarray(bundle.arrays["item_rankable"])
+    assert rankable.tolist() == ([True] * len(rankable) if unrankable is None else (~unrankable).tolist())
+    card = bundle.card
+    assert card["dataset"] and card["metrics"]["test/recall@20"] >= 0 and card["mmrec_version"]
+    assert (card["best_epoch"] is not None) == module.encoder.trainable
+
+
+def test_served_list_is_the_evaluated_list_and_never_shows_history(runs):
+    for model in ("lightgcn", "freedom"):
+        run, bundle_dir, objects = runs[model]
+        module = objects["module"]
+        rec = Recommender.load(bundle_dir)
+        users = torch.arange(rec.num_users)
+        top, _ = module.recommend(users, 10, split="known")  # the evaluation's ranking, train + valid masked
+        served = rec.recommend(rec.user_raw.tolist(), k=10)
+        for u in range(rec.num_users):
+            ids = [rec.item_index[r.item] for r in served[u]]
+            assert ids == top[u].tolist(), (model, u)
+            seen = set(rec.history(rec.user_raw[u]))
+            assert not seen & {r.item for r in served[u]}
+            for diversity in (0.3, 0.9):
+                diverse = rec.recommend([rec.user_raw[u]], k=10, diversity=diversity)[0]
+                assert not seen & {r.item for r in diverse} and len(diverse) == 10
+            if u > 20:
+                break
+
+
+def test_id_only_model_never_recommends_cold_items_content_model_can(runs):
+    cold_shown = {}
+    for model in ("lightgcn", "freedom"):
+        rec = Recommender.load(runs[model][1])
+        rankable = rec.rankable.numpy()
+        lists = rec.recommend(rec.user_raw.tolist(), k=50)
+        shown = {rec.item_index[r.item] for recs in lists for r in recs}
+        cold = set(np.flatnonzero(np.asarray(rec.popularity) == 0).tolist())
+        cold_shown[model] = bool(shown & cold)
+        if model == "lightgcn":
+            assert not rankable.all() and all(rankable[i] for i in shown)
+    assert cold_shown == {"lightgcn": False, "freedom": True}
+
+
+def test_faiss_retrieval_matches_exact_on_the_demo_and_reads_the_saved_index(runs, caplog):
+    import logging
+
+    bundle_dir = runs["lightgcn"][1]
+    exact = Recommender.load(bundle_dir)
+    with caplog.at_level(logging.INFO, logger="mmrec.serving.index"):
+        approx = Recommender.load(bundle_dir, index="faiss", index_params={"factory": "HNSW32", "ef_search": 256})
+    assert "read the bundle's FAISS HNSW32 index" in caplog.text
+    users = exact.user_raw.tolist()
+    a = [[r.item for r in recs] for recs in exact.recommend(users, k=20)]
+    b = [[r.item for r in recs] for recs in approx.recommend(users, k=20)]
+    overlap = np.mean([len(set(x) & set(y)) / 20 for x, y in zip(a, b)])
+    assert overlap > 0.99
+    for recs, user in zip(approx.recommend(users[:50], k=20, diversity=0.5), users[:50]):
+        assert not set(approx.history(user)) & {r.item for r in recs}
+
+
+def test_new_visitor_from_liked_items_and_text(runs):
+    rec = Recommender.load(runs["freedom"][1])
+    first = rec.recommend_for_items(["i0", "i1"], k=10)
+    other = rec.recommend_for_items(["i50", "i60", "i70"], k=10)
+    assert [r.item for r in first] != [r.item for r in other]  # the list follows what was liked
+    assert not {"i0", "i1"} & {r.item for r in first}  # liked items are not offered again
+    assert all(r.because in ("i0", "i1") for r in first)
+    # the fold-in rule: the mean of the liked items' vectors
+    expected = rec.item_vectors[[0, 1]].mean(0)
+    assert torch.allclose(rec.user_vector_for_items([0, 1]), expected, atol=1e-6)
+    ridge = fold_in(rec.item_vectors, torch.tensor([0, 1]), "ridge", reg=0.5)
+    v = rec.item_vectors[[0, 1]].double()
+    assert torch.allclose(ridge.double(), torch.linalg.solve(v.T @ v + 0.5 * torch.eye(v.shape[1], dtype=v.dtype),
+                                                             v.sum(0)), atol=1e-4)
+    # a text query: the item whose title it is comes first among the text matches
+    title = rec.titles[7]
+    matches = rec.items_for_text(title, 3)
+    assert matches[0][0] == 7
+    assert len(rec.recommend_for_text(title, k=5)) == 5
+    similar = rec.similar_items("i7", k=5)
+    assert "i7" not in {r.item for r in similar} and all(r.because == "i7" for r in similar)
+
+
+def test_id_only_model_answers_cold_only_likes_from_content(runs):
+    rec = Recommender.load(runs["lightgcn"][1])
+    cold = [rec.item_raw[i] for i in np.flatnonzero(~rec.rankable.numpy())[:2]]
+    recs = rec.recommend_for_items(cold, k=5)
+    assert recs and all(r.source == "content" for r in recs)
+
+
+def test_bad_requests_name_the_problem(runs):
+    rec = Recommender.load(runs["lightgcn"][1])
+    with pytest.raises(UnknownIdError, match="'nobody'") as err:
+        rec.recommend(["u0", "nobody"], k=5)
+    assert err.value.ids == ["nobody"] and err.value.kind == "user"
+    with pytest.raises(UnknownIdError, match="'zz'"):
+        rec.recommend_for_items(["i0", "zz"], k=5)
+    with pytest.raises(RecommendError, match="empty"):
+        rec.recommend_for_items([], k=5)
+    for k in (0, -3, 101, 2.5):
+        with pytest.raises(RecommendError, match="k"):
+            rec.recommend(["u0"], k=k)
+    with pytest.raises(RecommendError, match="diversity"):
+        rec.recommend(["u0"], k=5, diversity=2)
+    with pytest.raises(RecommendError, match="list"):
+        rec.recommend("u0", k=5)
+    with pytest.raises(RecommendError, match="empty"):
+        rec.recommend_for_text("   ", k=5)
+    # explicit exclusions and a catalogue limit
+    recs = rec.recommend(["u0"], k=10)[0]
+    again = rec.recommend(["u0"], k=10, exclude=[recs[0].item])[0]
+    assert recs[0].item not in {r.item for r in again}
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle_dir, dst)
+    for p in dst.rglob("*"):
+        if p.is_file():
+            p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    return dst
+
+
+def test_damaged_bundles_fail_on_load_naming_the_file(runs, tmp_path):
+    bundle_dir = runs["lightgcn"][1]
+    assert not (Path(bundle_dir) / "item_vectors.npy").stat().st_mode & stat.S_IWUSR  # read-only after export
+    cases = {
+        "tampered": lambda d: (d / "item_vectors.npy").write_bytes(
+            (d / "item_vectors.npy").read_bytes()[:-4] + b"\x00\x00\x80\x7f"),
+        "truncated": lambda d: (d / "user_vectors.npy").write_bytes((d / "user_vectors.npy").read_bytes()[:100]),
+        "missing file": lambda d: (d / "items.parquet").unlink(),
+        "no manifest": lambda d: (d / "manifest.json").unlink(),
+        "older format": lambda d: (d / "manifest.json").write_text(
+            json.dumps({**json.loads((d / "manifest.json").read_text()), "version": 0})),
+    }
+    expected = {"tampered": "item_vectors.npy: checksum", "truncated": "user_vectors.npy: 100 bytes",
+                "missing file": "items.parquet: missing", "no manifest": "manifest.json: missing",
+                "older format": "format version 0"}
+    for name, damage in cases.items():
+        copy = _copy(bundle_dir, tmp_path / name)
+        damage(copy)
+        with pytest.raises(BundleError, match=expected[name]) as err:
+            Recommender.load(copy)
+        assert "mmrec.export" in str(err.value), name
+    with pytest.raises(BundleError, match="no such bundle"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_export_refuses_to_overwrite_and_needs_a_finished_run(runs, tmp_path):
+    from mmrec.serving.export import export_run
+
+    run, bundle_dir, _ = runs["freedom"]
+    before = (Path(bundle_dir) / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match="already exists"):
+        export_run(run)
+    assert (Path(bundle_dir) / "manifest.json").read_bytes() == before  # nothing written into it
+    with pytest.raises(BundleError, match="config.yaml: missing"):
+        export_run(tmp_path)
+    (tmp_path / "config.yaml").write_text((Path(run) / "config.yaml").read_text())  # started, never finished
+    with pytest.raises(BundleError, match="metrics.json: missing"):
+        export_run(tmp_path)
+
+
+def test_recommend_cli(runs):
+    import subprocess
+    import sys
+
+    from mmrec.utils.config import REPO_ROOT
+
+    bundle_dir = runs["lightgcn"][1]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mmrec.recommend", f"bundle={bundle_dir}", *args],
+                              capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+
+    table = cli("user=u3", "k=4")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["rank", "id", "title", "score", "because", "of"] and len(lines) == 2 + 4
+    js = cli("items=[i3,i9]", "k=3", "format=json")
+    data = json.loads(js.stdout)
+    assert [d["rank"] for d in data] == [1, 2, 3] and all(d["because"] in ("i3", "i9") for d in data)
+    bad = cli("user=ghost")
+    assert bad.returncode == 2 and "unknown user id 'ghost'" in bad.stderr and "Traceback" not in bad.stderr
