@@ -52,3 +52,30 @@ def make_cfg(tmp_path, data_dir):
         return compose_cfg(base + (SMALL_DEMO if small else []) + (overrides or []))
 
     return _make
+
+
+def train_demo(root: Path, data_dir: Path, model: str, extra: list[str] | None = None):
+    """Train ``model`` for 2 epochs on the small demo into ``root/<model>``: ``(run folder, objects)``."""
+    from mmrec.train import train
+
+    cfg = compose_cfg([f"paths.data_dir={data_dir}", f"paths.output_dir={root / model}",
+                       f"paths.log_dir={root / 'logs'}", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+                       "+trainer.enable_progress_bar=false", "logger=none", f"model={model}"] + SMALL_DEMO
+                      + (extra or []))
+    _, objects = train(cfg)
+    return root / model, objects
+
+
+@pytest.fixture(scope="session")
+def serving_runs(tmp_path_factory, data_dir):
+    """Demo runs of LightGCN (ID-only, with a saved FAISS index) and FREEDOM (content) and their
+    bundles: ``{model: (run folder, bundle folder, objects)}``, made once per session."""
+    from mmrec.serving.export import export_run
+
+    root = tmp_path_factory.mktemp("serving")
+    out = {}
+    for model in ("lightgcn", "freedom"):
+        run, objects = train_demo(root, data_dir, model)
+        index = {"factory": "HNSW32", "ef_construction": 200} if model == "lightgcn" else None
+        out[model] = (run, export_run(run, index=index), objects)
+    return out

@@ -12,36 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_DEMO, compose_cfg
 from mmrec.serving.bundle import BundleError, load_bundle
 from mmrec.serving.recommender import RecommendError, Recommender, UnknownIdError, fold_in
 
 MODELS = ["lightgcn", "freedom", "vbpr", "mmgcn", "grcn", "lattice", "pop", "random"]
 
 
-def _train(root: Path, data_dir: Path, model: str, extra: list[str] | None = None):
-    from mmrec.train import train
+def _train(root: Path, data_dir: Path, model: str):
+    from conftest import train_demo
 
-    cfg = compose_cfg([f"paths.data_dir={data_dir}", f"paths.output_dir={root / model}",
-                       f"paths.log_dir={root / 'logs'}", "trainer.max_epochs=2", "trainer.accelerator=cpu",
-                       "+trainer.enable_progress_bar=false", "logger=none", f"model={model}"] + SMALL_DEMO
-                      + (extra or []))
-    metrics, objects = train(cfg)
-    return root / model, objects
+    return train_demo(root, data_dir, model)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_dir):
-    """Trained demo runs and their bundles (lightgcn with a saved FAISS index)."""
-    from mmrec.serving.export import export_run
-
-    root = tmp_path_factory.mktemp("serving")
-    out = {}
-    for model in ("lightgcn", "freedom"):
-        run, objects = _train(root, data_dir, model)
-        index = {"factory": "HNSW32", "ef_construction": 200} if model == "lightgcn" else None
-        out[model] = (run, export_run(run, index=index), objects)
-    return out
+def runs(serving_runs):
+    return serving_runs
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -134,11 +119,11 @@ def test_new_visitor_from_liked_items_and_text(runs):
     v = rec.item_vectors[[0, 1]].double()
     assert torch.allclose(ridge.double(), torch.linalg.solve(v.T @ v + 0.5 * torch.eye(v.shape[1], dtype=v.dtype),
                                                              v.sum(0)), atol=1e-4)
-    # a text query: the item whose title it is comes first among the text matches
-    title = rec.titles[7]
-    matches = rec.items_for_text(title, 3)
+    # a text query in the words of an item's text finds that item first
+    text = rec.bundle.items["text"][7]
+    matches = rec.items_for_text(text, 3)
     assert matches[0][0] == 7
-    assert len(rec.recommend_for_text(title, k=5)) == 5
+    assert len(rec.recommend_for_text(text, k=5)) == 5
     similar = rec.similar_items("i7", k=5)
     assert "i7" not in {r.item for r in similar} and all(r.because == "i7" for r in similar)
 

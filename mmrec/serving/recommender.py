@@ -391,6 +391,36 @@ class Recommender:
             raise RecommendError("no item has text to match the query against")
         return self._for_liked(matched, self._items(exclude), k, diversity)
 
+    def recommend_for_visitor(self, liked_items: Sequence[str] | None = None, query: str | None = None, k: int = 10,
+                              exclude: Sequence[str] | None = None, diversity: float = 0.0) -> list[Recommendation]:
+        """A new visitor's top-``k`` from liked items and/or a text query: the query's nearest items
+        join the liked ones (liked items are left out of the list, query matches are not)."""
+        liked_items = list(liked_items or [])
+        has_query = query is not None and str(query).strip() != ""
+        if not liked_items and not has_query:
+            raise RecommendError("give the items the visitor liked, a text query, or both")
+        if not has_query:
+            return self.recommend_for_items(liked_items, k, exclude, diversity)
+        if not liked_items:
+            return self.recommend_for_text(str(query), k, exclude, diversity)
+        self._check_k(k)
+        self._check_diversity(diversity)
+        liked = self._items(liked_items)
+        matched = np.array([i for i, _ in self.items_for_text(str(query), self.query_items)], dtype=np.int64)
+        seen = np.unique(np.concatenate([liked, self._items(exclude)]))
+        return self._for_liked(np.concatenate([liked, matched]), seen, k, diversity)
+
+    def search(self, text: str, limit: int = 20) -> list[int]:
+        """Item rows whose title contains ``text`` (case-insensitive), most popular first."""
+        needle = str(text).strip().lower()
+        if not needle:
+            return []
+        if not hasattr(self, "_lower_titles"):
+            self._lower_titles = np.char.lower(self.titles.astype(str))
+        hits = np.flatnonzero(np.char.find(self._lower_titles, needle) >= 0)
+        order = np.argsort(-np.asarray(self.popularity)[hits], kind="stable")
+        return hits[order][:limit].tolist()
+
     def similar_items(self, item: str, k: int = 10) -> list[Recommendation]:
         """The ``k`` items most similar to ``item`` (cosine in content space where the bundle has
         content vectors, else of the model's item vectors); cold items included."""

@@ -1,0 +1,138 @@
+"""The HTTP API through FastAPI's TestClient: every endpoint, and bad input that must get a
+4xx naming the problem (never a 500), concurrent requests."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mmrec.serving.app import Limits, create_app
+from mmrec.serving.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def client(serving_runs):
+    bundle = serving_runs["freedom"][1]
+    app = create_app(lambda: Recommender.load(bundle, max_k=50), Limits(max_k=50, max_body_bytes=4096,
+                                                                        max_query_chars=100))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_health_info_and_docs(client):
+    assert client.get("/health").json()["status"] == "ok"
+    info = client.get("/info").json()
+    assert info["model"] == "FREEDOM" and info["dataset"] == "demo" and "test/recall@20" in info["metrics"]
+    assert info["text_queries"] is True
+    spec = client.get("/openapi.json").json()
+    assert "/users/{user}/recommendations" in spec["paths"] and "/recommendations" in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_health_is_503_until_the_bundle_is_loaded(serving_runs):
+    app = create_app(lambda: Recommender.load(serving_runs["freedom"][1]))
+    plain = TestClient(app)  # not entered: the lifespan has not run
+    response = plain.get("/health")
+    assert response.status_code == 503 and response.json()["error"] == "loading"
+    assert plain.get("/users/u1/recommendations").status_code == 503
+
+
+def test_known_user_recommendations_and_history(client):
+    data = client.get("/users/u3/recommendations", params={"k": 7}).json()
+    assert data["user"] == "u3" and len(data["items"]) == 7 and [r["rank"] for r in data["items"]] == list(range(1, 8))
+    history = {h["item"] for h in client.get("/users/u3/history", params={"limit": 1000}).json()}
+    assert history and not history & {r["item"] for r in data["items"]}
+    assert all(r["image"] == f"/items/{r['item']}/image" for r in data["items"])
+    diverse = client.get("/users/u3/recommendations", params={"k": 7, "diversity": 0.9}).json()["items"]
+    assert [r["item"] for r in diverse] != [r["item"] for r in data["items"]]
+    first = data["items"][0]["item"]
+    excluded = client.get("/users/u3/recommendations", params={"k": 7, "exclude": f"{first},i0"}).json()["items"]
+    assert first not in {r["item"] for r in excluded}
+    assert client.get("/users/random").json()["user"].startswith("u")
+
+
+def test_new_visitor_items_query_and_both(client):
+    liked = client.post("/recommendations", json={"items": ["i1", "i2"], "k": 5}).json()
+    assert len(liked["items"]) == 5 and not {"i1", "i2"} & {r["item"] for r in liked["items"]}
+    text = client.get("/items/i9").json()["text"]  # a query in the words of an item's text finds it first
+    query = client.post("/recommendations", json={"query": text, "k": 5}).json()
+    assert query["matched"][0] == "i9" and len(query["items"]) == 5
+    both = client.post("/recommendations", json={"items": ["i1"], "query": text, "k": 5}).json()
+    assert len(both["items"]) == 5
+
+
+def test_items_search_image_and_similar(client):
+    item = client.get("/items/i5").json()
+    assert item["item"] == "i5" and item["title"] and item["image"] == "/items/i5/image"
+    image = client.get("/items/i5/image")
+    assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+    word = item["title"].split()[0]
+    found = client.get("/items", params={"search": word.lower()}).json()
+    assert found and all(word.lower() in f["title"].lower() for f in found)
+    pops = [f["popularity"] for f in found]
+    assert pops == sorted(pops, reverse=True)
+    similar = client.get("/items/i5/similar", params={"k": 4}).json()["items"]
+    assert len(similar) == 4 and "i5" not in {s["item"] for s in similar}
+    assert client.get("/", headers={"accept": "text/html"}).text.startswith("<!doctype html>")
+    assert client.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("method,path,kwargs,status,says", [
+    ("get", "/users/nobody/recommendations", {}, 404, "unknown user id 'nobody'"),
+    ("get", "/items/nothing", {}, 404, "unknown item id 'nothing'"),
+    ("get", "/items/nothing/image", {}, 404, "unknown item id"),
+    ("get", "/items/nothing/similar", {}, 404, "unknown item id"),
+    ("get", "/users/nobody/history", {}, 404, "unknown user id"),
+    ("get", "/users/u3/recommendations", {"params": {"k": 0}}, 422, "k"),
+    ("get", "/users/u3/recommendations", {"params": {"k": 51}}, 422, "k"),
+    ("get", "/users/u3/recommendations", {"params": {"k": "ten"}}, 422, "k"),
+    ("get", "/users/u3/recommendations", {"params": {"diversity": 3}}, 422, "diversity"),
+    ("get", "/users/u3/recommendations", {"params": {"exclude": "zzz"}}, 422, "unknown item id 'zzz'"),
+    ("post", "/recommendations", {"json": {}}, 422, "liked"),
+    ("post", "/recommendations", {"json": {"items": []}}, 422, "liked"),
+    ("post", "/recommendations", {"json": {"items": ["i1", "bad1", "bad2"]}}, 422, "'bad1', 'bad2'"),
+    ("post", "/recommendations", {"json": {"items": ["i1"], "k": -1}}, 422, "k"),
+    ("post", "/recommendations", {"json": {"items": ["i1"], "k": 51}}, 422, "k"),
+    ("post", "/recommendations", {"json": {"query": "x" * 101}}, 422, "query"),
+    ("post", "/recommendations", {"json": {"items": "i1"}}, 422, "items"),
+    ("post", "/recommendations", {"content": b'{"items": [', "headers": {"content-type": "application/json"}},
+     422, "not valid JSON"),
+    ("post", "/recommendations", {"content": b"", "headers": {"content-type": "application/json"}}, 422, ""),
+    ("post", "/recommendations", {"content": json.dumps({"items": ["i1"] * 2000}).encode(),
+                                  "headers": {"content-type": "application/json"}}, 413, "4096 bytes"),
+    ("get", "/items", {"params": {"search": "y" * 101}}, 422, "search"),
+])
+def test_bad_requests_get_a_4xx_that_names_the_problem(client, method, path, kwargs, status, says):
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert says in body["error"], body
+
+
+def test_unknown_ids_are_listed(client):
+    body = client.post("/recommendations", json={"items": ["i1", "bad1", "bad2"]}).json()
+    assert body["unknown_ids"] == ["bad1", "bad2"] and body["kind"] == "item"
+
+
+def test_a_body_without_content_length_is_bounded_too(client):
+    def chunks():
+        for _ in range(100):
+            yield b" " * 100
+
+    response = client.post("/recommendations", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_concurrent_requests_give_the_same_answers(client):
+    users = [f"u{i}" for i in range(40)]
+    alone = {u: client.get(f"/users/{u}/recommendations", params={"k": 10, "diversity": 0.3}).json() for u in users}
+
+    def ask(u):
+        return u, client.get(f"/users/{u}/recommendations", params={"k": 10, "diversity": 0.3}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        together = dict(pool.map(ask, users * 3))
+    assert together == alone
