@@ -49,8 +49,21 @@ def test_intra_list_diversity_by_hand():
     u0 = (1 + 2 * (1 - 2 ** -0.5)) / 3
     out = beyond.intra_list_diversity(TOP, KS, vectors)
     assert out.tolist() == pytest.approx([0.0, (u0 + 2.0) / 2])
-    # the chunked path gives the same value
-    assert beyond.intra_list_diversity(TOP, KS, vectors, chunk_elements=1).tolist() == pytest.approx(out.tolist())
+    # against the definition: mean pairwise distance over random lists
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(30, 5, generator=g)
+    top = torch.stack([torch.randperm(30, generator=g)[:8] for _ in range(6)])
+    top[0, 5:] = -1
+    unit = torch.nn.functional.normalize(vectors, dim=1)
+    expected = []
+    for k in (3, 8):
+        per_user = []
+        for row in top[:, :k]:
+            row = row[row >= 0]
+            d = 1 - unit[row] @ unit[row].T
+            per_user.append(float((d.sum() - d.diagonal().sum()) / (len(row) * (len(row) - 1))))
+        expected.append(sum(per_user) / len(per_user))
+    assert beyond.intra_list_diversity(top, [3, 8], vectors).tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_a_popularity_recommender_concentrates_and_a_random_one_covers():

@@ -139,36 +139,37 @@ def cold_exposure(top: torch.Tensor, ks: Sequence[int], cold: torch.Tensor) -> t
     return torch.stack(out).to(torch.float64)
 
 
-def intra_list_diversity(top: torch.Tensor, ks: Sequence[int], item_vectors: torch.Tensor,
-                         chunk_elements: int = 1 << 24) -> torch.Tensor:
+def intra_list_diversity(top: torch.Tensor, ks: Sequence[int], item_vectors: torch.Tensor) -> torch.Tensor:
     r"""Intra-list diversity (Ziegler et al. 2005; RecBole / Elliot ``ILD``-style): the mean
     pairwise cosine distance :math:`1 - \cos(v_i, v_j)` over the pairs of each list, averaged
-    over users with at least two shown items.
+    over users with at least two shown items (0 when no list has two).
 
     With unit rows, the sum of the cosines over the ordered pairs ``i != j`` of a list is
-    :math:`\lVert\sum_i v_i\rVert^2 - \sum_i \lVert v_i\rVert^2`, so no ``k x k`` Gram matrix is
-    built. ``item_vectors`` ``[I, D]`` are L2-normalised here; a zero row (an item with no
-    content) has cosine 0 to everything (distance 1). Users are processed in chunks of about
-    ``chunk_elements`` gathered values.
+    :math:`\lVert\sum_i v_i\rVert^2 - \sum_i \lVert v_i\rVert^2`, so no ``k x k`` Gram matrix
+    and no ``[U, k, D]`` gather is built: the list sums are one sparse product of the
+    ``[U, I]`` list-membership matrix with the item vectors per cut-off. ``item_vectors``
+    ``[I, D]`` are L2-normalised here; a zero row (an item with no content) has cosine 0 to
+    everything (distance 1).
     """
-    unit = item_vectors.to(torch.float64)
-    unit = unit / unit.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [I, D]
-    valid_all = top >= 0
-    ks_t = torch.as_tensor(list(ks), device=top.device)
-    per_user_sum = torch.zeros(len(ks), dtype=torch.float64, device=top.device)
-    users_counted = torch.zeros(len(ks), dtype=torch.float64, device=top.device)
-    max_k = max(ks)
-    chunk = max(1, chunk_elements // max(1, max_k * unit.shape[1]))
-    for start in range(0, top.shape[0], chunk):
-        ids, valid = top[start:start + chunk, :max_k].clamp_min(0), valid_all[start:start + chunk, :max_k]
-        v = unit[ids] * valid.unsqueeze(2)  # [c, max_k, D], empty slots are 0
-        prefix = v.cumsum(1)  # [c, max_k, D]
-        norms = (v * v).sum(2).cumsum(1)  # [c, max_k]: sum of |v|^2 over the first r + 1 slots
-        at_k = prefix[:, ks_t - 1]  # [c, len(ks), D]
-        pair_cos = (at_k * at_k).sum(2) - norms[:, ks_t - 1]  # [c, len(ks)]
-        n = valid.to(torch.float64).cumsum(1)[:, ks_t - 1]  # [c, len(ks)] shown items
+    unit = item_vectors.float()
+    norm = unit.norm(dim=1, keepdim=True)
+    unit = unit / norm.clamp_min(1e-12)
+    # [I, D + 1]: the unit vectors and their squared norms (1, or 0 for an empty row)
+    stacked = torch.cat([unit, (norm > 0).to(unit.dtype)], dim=1)
+    num_users, num_items = top.shape[0], item_vectors.shape[0]
+    out = []
+    for k in ks:
+        ids, valid = _slots(top, k)
+        n = valid.sum(1)  # [U] shown items
+        crow = torch.zeros(num_users + 1, dtype=torch.long, device=top.device)
+        crow[1:] = n.cumsum(0)
+        cols = ids[valid]  # row-major: the CSR order (a list holds each item once)
+        members = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols), dtype=unit.dtype, device=top.device),
+                                          (num_users, num_items), check_invariants=False)  # [U, I]
+        sums = torch.sparse.mm(members, stacked).to(torch.float64)  # [U, D + 1]
+        pair_cos = (sums[:, :-1] ** 2).sum(1) - sums[:, -1]  # [U]
+        n = n.to(torch.float64)
         has = n >= 2
         ild = 1.0 - pair_cos / (n * (n - 1)).clamp_min(1)
-        per_user_sum += torch.where(has, ild, torch.zeros_like(ild)).sum(0)
-        users_counted += has.sum(0)
-    return per_user_sum / users_counted.clamp_min(1)
+        out.append(torch.where(has, ild, torch.zeros_like(ild)).sum() / has.sum().clamp_min(1))
+    return torch.stack(out)
