@@ -114,3 +114,47 @@ class InteractionMatrix(nn.Module):
         """All ``(users, items)`` pairs, user-major."""
         rows = torch.div(self.keys, self.num_items, rounding_mode="floor")
         return rows, self.indices
+
+
+class RowItems:
+    """Items per row, as ``(row, item)`` pairs: the part of :class:`InteractionMatrix` that
+    ranking needs (:meth:`gather`, :meth:`contains`, :meth:`counts`), cheap enough to build
+    for every request (serving's exclusions: a user's history plus explicit exclusions).
+
+    Args:
+        rows: one integer array of item ids per row (repeats allowed).
+        num_items: catalogue size.
+    """
+
+    def __init__(self, rows, num_items: int):
+        self.num_items = int(num_items)
+        self.num_users = len(rows)
+        lengths = torch.as_tensor([len(r) for r in rows], dtype=torch.long)
+        items = torch.as_tensor(np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+                                if len(rows) else np.zeros(0, dtype=np.int64))
+        row = torch.repeat_interleave(torch.arange(self.num_users), lengths)
+        self.keys = torch.unique(row * self.num_items + items)  # sorted, de-duplicated
+        self.row = torch.div(self.keys, self.num_items, rounding_mode="floor")
+        self.col = self.keys - self.row * self.num_items
+
+    @property
+    def nnz(self) -> int:
+        return int(self.keys.numel())
+
+    def counts(self) -> torch.Tensor:
+        return torch.bincount(self.row, minlength=self.num_users)
+
+    def gather(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pairs of rows ``users`` (ascending): ``(position in users, item)``, row-major."""
+        if users.numel() == self.num_users and bool((users == torch.arange(self.num_users)).all()):
+            return self.row, self.col
+        keep = torch.isin(self.row, users)
+        return torch.searchsorted(users, self.row[keep]), self.col[keep]
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Elementwise membership of (users[j], items[j]) pairs; any broadcastable shapes."""
+        query = users * self.num_items + items
+        if self.keys.numel() == 0:
+            return torch.zeros_like(query, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, query.reshape(-1)).clamp_(max=self.keys.numel() - 1)
+        return (self.keys[pos] == query.reshape(-1)).reshape(query.shape)

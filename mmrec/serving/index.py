@@ -3,8 +3,8 @@
 
 An index answers ``search(queries [B, d], n, exclude) -> (ids [B, n], scores [B, n])``: the
 ``n`` highest inner products per query among the rankable items, without the items of
-``exclude`` (an :class:`~mmrec.core.interactions.InteractionMatrix` whose row ``b`` holds what
-query ``b`` must not get back: history, explicit exclusions). A slot that cannot be filled
+``exclude`` (a :class:`~mmrec.core.interactions.RowItems` whose row ``b`` holds what query
+``b`` must not get back: history, explicit exclusions). A slot that cannot be filled
 holds id ``-1`` and score ``-inf``.
 """
 
@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mmrec.core.interactions import InteractionMatrix
+from mmrec.core.interactions import RowItems
 from mmrec.evaluation.ranking import top_items
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build 
 class Index(Protocol):
     name: str
 
-    def search(self, queries: torch.Tensor, n: int, exclude: InteractionMatrix) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, n: int, exclude: RowItems) -> tuple[torch.Tensor, torch.Tensor]:
         ...
 
 
@@ -56,7 +56,7 @@ class ExactIndex:
         self.unrankable = ~rankable if not bool(rankable.all()) else None
         self.block = block
 
-    def search(self, queries: torch.Tensor, n: int, exclude: InteractionMatrix) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, n: int, exclude: RowItems) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.arange(len(queries))
         n = min(n, self.items.shape[0])
         ids, scores = top_items(lambda r: queries[r] @ self.items.T, rows, [exclude], n, self.unrankable,
@@ -124,7 +124,7 @@ class FaissIndex:
 
         faiss.write_index(self.index, str(path))
 
-    def search(self, queries: torch.Tensor, n: int, exclude: InteractionMatrix) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, n: int, exclude: RowItems) -> tuple[torch.Tensor, torch.Tensor]:
         extra = int(exclude.counts().max()) if exclude.nnz else 0  # excluded items may take slots
         want = min(n + extra, len(self.ids))
         scores, pos = self.index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), want)  # [B, want]

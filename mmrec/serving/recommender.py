@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from mmrec.core.interactions import InteractionMatrix
+from mmrec.core.interactions import RowItems
 from mmrec.evaluation.ranking import top_items
 from mmrec.serving.bundle import Bundle, load_bundle
 from mmrec.serving.index import INDEXES
@@ -231,11 +231,8 @@ class Recommender:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
 
     # -- the pipeline -------------------------------------------------------------------
-    def _exclusions(self, rows: list[np.ndarray]) -> InteractionMatrix:
-        lengths = [len(r) for r in rows]
-        users = np.repeat(np.arange(len(rows)), lengths)
-        items = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        return InteractionMatrix(users, items, len(rows), self.num_items)
+    def _exclusions(self, rows: list[np.ndarray]) -> RowItems:
+        return RowItems(rows, self.num_items)
 
     def _pipeline(self, queries: torch.Tensor, seen: list[np.ndarray], recent: list[np.ndarray], k: int,
                   diversity: float) -> list[list[tuple[int, float]]]:
@@ -264,7 +261,7 @@ class Recommender:
             order = torch.sort(scores, descending=True, stable=True).indices
             cand, scores = cand[order], scores[order]
             picked = self._rerank(cand, scores, k, diversity)
-            out.append([(int(cand[p]), float(scores[p])) for p in picked.tolist()])
+            out.append(list(zip(cand[picked].tolist(), scores[picked].tolist())))
         return out
 
     def _rerank(self, cand: torch.Tensor, scores: torch.Tensor, k: int, diversity: float) -> torch.Tensor:

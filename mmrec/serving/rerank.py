@@ -4,13 +4,15 @@ Both work on the candidates only (a few hundred items), never on the catalogue: 
 ``[n]`` (the model's scores of the candidates, in ranked order) and ``similarity`` ``[n, n]``
 (cosine similarity of their content vectors). ``diversity`` in ``[0, 1]`` is the one knob:
 0 returns the ranking unchanged, larger values trade relevance for items unlike those already
-chosen. Each returns the chosen positions (indices into the candidates), best first.
+chosen. Each returns the chosen positions (indices into the candidates), best first. The greedy
+loops run in NumPy: on a few hundred candidates a torch call's fixed cost is most of the work.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -25,11 +27,15 @@ def _check(relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity:
     return min(k, n)
 
 
-def _unit_relevance(relevance: torch.Tensor) -> torch.Tensor:
+def _unit_relevance(relevance: np.ndarray) -> np.ndarray:
     """Relevance min-max scaled to [0, 1] over the candidates, so that it trades against a
     similarity in [-1, 1] on a common scale whatever the model's score range."""
     low, high = relevance.min(), relevance.max()
-    return (relevance - low) / (high - low) if bool(high > low) else torch.ones_like(relevance)
+    return (relevance - low) / (high - low) if high > low else np.ones_like(relevance)
+
+
+def _ranked(relevance: torch.Tensor) -> torch.Tensor:
+    return torch.sort(relevance, descending=True, stable=True).indices
 
 
 def mmr(relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity: float) -> torch.Tensor:
@@ -43,21 +49,19 @@ def mmr(relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity: fl
     """
     k = _check(relevance, similarity, k, diversity)
     if diversity == 0.0:
-        return torch.sort(relevance, descending=True, stable=True).indices[:k]
+        return _ranked(relevance)[:k]
     lam = 1.0 - diversity
-    rel = _unit_relevance(relevance.to(torch.float64))
-    sim = similarity.to(torch.float64)
-    n = rel.shape[0]
-    max_sim = torch.full((n,), -math.inf, dtype=torch.float64)  # [n] max similarity to the chosen
-    available = torch.ones(n, dtype=torch.bool)
+    rel = lam * _unit_relevance(relevance.detach().cpu().numpy().astype(np.float64))
+    sim = (1.0 - lam) * similarity.detach().cpu().numpy().astype(np.float64)
+    penalty = np.zeros_like(rel)  # (1 - lambda) * max similarity to the chosen (none yet: 0)
+    gain = rel.copy()
     chosen = []
-    for _ in range(k):
-        penalty = torch.where(torch.isinf(max_sim), torch.zeros_like(max_sim), max_sim)  # first pick: none
-        gain = torch.where(available, lam * rel - (1.0 - lam) * penalty, torch.full_like(rel, -math.inf))
-        best = int(torch.argmax(gain))  # first maximum: ties keep the ranked order
+    for step in range(k):
+        best = int(np.argmax(gain))  # first maximum: ties keep the ranked order
         chosen.append(best)
-        available[best] = False
-        max_sim = torch.maximum(max_sim, sim[best])
+        penalty = sim[best] if step == 0 else np.maximum(penalty, sim[best])
+        gain = rel - penalty
+        gain[chosen] = -np.inf
     return torch.tensor(chosen, dtype=torch.long)
 
 
@@ -78,29 +82,28 @@ def dpp(relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity: fl
     rest is then filled in relevance order.
     """
     k = _check(relevance, similarity, k, diversity)
-    order = torch.sort(relevance, descending=True, stable=True).indices
+    order = _ranked(relevance)
     if diversity == 0.0:
         return order[:k]
     theta = 1.0 - diversity
     alpha = theta / (2.0 * (1.0 - theta))
-    rel = _unit_relevance(relevance.to(torch.float64))
-    q = torch.exp(alpha * (rel - 1.0))  # scaled by exp(-alpha): the same argmax, no overflow
-    kernel = q.unsqueeze(1) * similarity.to(torch.float64) * q.unsqueeze(0)  # [n, n]
+    rel = _unit_relevance(relevance.detach().cpu().numpy().astype(np.float64))
+    q = np.exp(alpha * (rel - 1.0))  # scaled by exp(-alpha): the same argmax, no overflow
+    kernel = q[:, None] * similarity.detach().cpu().numpy().astype(np.float64) * q[None, :]  # [n, n]
     n = kernel.shape[0]
-    cis = torch.zeros(k, n, dtype=torch.float64)  # incremental Cholesky rows
-    d2 = torch.diagonal(kernel).clone()  # [n] marginal gains d_i^2
+    cis = np.zeros((k, n))  # incremental Cholesky rows
+    d2 = np.diagonal(kernel).copy()  # [n] marginal gains d_i^2
     chosen: list[int] = []
-    available = torch.ones(n, dtype=torch.bool)
     for step in range(k):
-        gains = torch.where(available, d2, torch.full_like(d2, -math.inf))
-        best = int(torch.argmax(gains))
+        gains = d2.copy()
+        gains[chosen] = -np.inf
+        best = int(np.argmax(gains))
         if gains[best] < eps:
             break
         chosen.append(best)
-        available[best] = False
         if step + 1 == k:
             break
-        e = (kernel[best] - cis[:step, best] @ cis[:step]) / math.sqrt(float(d2[best]))  # [n]
+        e = (kernel[best] - cis[:step, best] @ cis[:step]) / math.sqrt(d2[best])  # [n]
         cis[step] = e
         d2 = d2 - e * e
     if len(chosen) < k:  # no more volume to add: the rest by relevance
