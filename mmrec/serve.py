@@ -2,7 +2,8 @@
 
 Checks the bundle once before starting (a missing, incomplete or tampered bundle: one line
 saying so, exit status 2), then runs the FastAPI app (:mod:`mmrec.serving.app`) under
-uvicorn with ``workers`` processes; each loads the bundle memory-mapped. The page is at
+uvicorn; with ``workers`` > 1, that many worker processes forked after the imports
+(:func:`prefork`), each loading the bundle memory-mapped. The page is at
 ``http://<host>:<port>/``, the API documentation at ``/docs``.
 """
 
@@ -37,13 +38,66 @@ def app_from_env():
 
 def serve(cfg: DictConfig) -> None:
     load_bundle(cfg.bundle, verify=cfg.verify)  # fail here, with a message, not in every worker
-    import uvicorn
-
     os.environ[ENV] = json.dumps(OmegaConf.to_container(cfg, resolve=True))
     print(f"serving {cfg.bundle} on http://{cfg.host}:{cfg.port}/ ({cfg.workers} worker(s); API docs at /docs)",
           flush=True)
-    uvicorn.run("mmrec.serve:app_from_env", factory=True, host=cfg.host, port=int(cfg.port),
-                workers=int(cfg.workers), log_level=str(cfg.log_level))
+    if int(cfg.workers) <= 1:
+        import uvicorn
+
+        uvicorn.run(app_from_env, factory=True, host=cfg.host, port=int(cfg.port), log_level=str(cfg.log_level))
+    else:
+        prefork(cfg)
+
+
+def prefork(cfg: DictConfig) -> None:
+    """Run ``cfg.workers`` uvicorn servers on one listening socket, forked after the imports.
+
+    uvicorn's own ``workers`` spawns fresh interpreters, each importing torch, FastAPI and
+    mmrec again (~350 MB of private memory each here); forked from a parent that has imported
+    them, the workers share those pages copy-on-write, and the bundle's vectors are shared
+    through the page cache (memory-mapped). No torch thread pool exists before the fork (no
+    tensor work happens in the parent). The parent forwards SIGINT / SIGTERM and exits when
+    the workers have.
+    """
+    import signal
+    import socket
+
+    import uvicorn
+
+    import mmrec.serving.app  # noqa: F401  (imported once, shared by the forked workers)
+
+    sock = socket.socket(socket.AF_INET6 if ":" in str(cfg.host) else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((str(cfg.host), int(cfg.port)))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children = []
+    for _ in range(int(cfg.workers)):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            config = uvicorn.Config(app_from_env, factory=True, log_level=str(cfg.log_level))
+            uvicorn.Server(config).run(sockets=[sock])
+            os._exit(0)
+        children.append(pid)
+
+    def stop(signum, frame):
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        while True:
+            try:
+                os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+    sock.close()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")

@@ -136,3 +136,50 @@ def test_concurrent_requests_give_the_same_answers(client):
     with ThreadPoolExecutor(8) as pool:
         together = dict(pool.map(ask, users * 3))
     assert together == alone
+
+
+def test_serve_command_refuses_a_damaged_bundle_and_runs_two_workers(serving_runs, tmp_path):
+    """`python -m mmrec.serve`: a tampered bundle -> one line and exit status 2, before any
+    worker starts; a good one -> two forked workers answering on one port, stopped by SIGTERM."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import stat
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from mmrec.utils.config import REPO_ROOT
+
+    bundle = serving_runs["freedom"][1]
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    target = broken / "user_vectors.npy"
+    target.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    bad = subprocess.run([sys.executable, "-m", "mmrec.serve", f"bundle={broken}"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "user_vectors.npy: checksum" in bad.stderr and "Traceback" not in bad.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec.serve", f"bundle={bundle}", f"port={port}", "workers=2"],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline, pids = time.time() + 90, set()
+        while time.time() < deadline and len(pids) < 2:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/users/u3/recommendations", params={"k": 3}, timeout=2)
+                assert r.status_code == 200 and len(r.json()["items"]) == 3
+                pids.add(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["worker"])
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert len(pids) == 2, f"answers came from {pids}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) is not None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -77,7 +77,7 @@ class Recommendation:
     image: str | None = None  # path of the item's image inside the bundle, if any
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields: no deep copy (dataclasses.asdict costs ~1 ms for a list of 20)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -244,8 +244,9 @@ class Recommender:
             rows = [b for b in range(len(queries)) if len(recent[b])]
             if rows:
                 profile = torch.stack([self.similarity_vectors[torch.as_tensor(recent[b])].mean(0) for b in rows])
+                same = len(rows) == len(queries)  # usually every row has a history: reuse its exclusions
                 found, values = top_items(lambda r: profile[r] @ self.similarity_vectors.T, torch.arange(len(rows)),
-                                          [self._exclusions([seen[b] for b in rows])],
+                                          [exclude if same else self._exclusions([seen[b] for b in rows])],
                                           min(self.content_candidates, self.num_items), self.unrankable)
                 found = found.masked_fill(torch.isneginf(values), -1)
                 extra = torch.full((len(queries), found.shape[1]), -1, dtype=torch.long)
