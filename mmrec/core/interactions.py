@@ -13,6 +13,15 @@ import torch
 from torch import nn
 
 
+def _contains(keys: torch.Tensor, num_items: int, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Membership of (user, item) pairs in sorted linear ``keys`` (user * num_items + item)."""
+    query = users * num_items + items
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(keys, query.reshape(-1)).clamp_(max=keys.numel() - 1)
+    return (keys[pos] == query.reshape(-1)).reshape(query.shape)
+
+
 class InteractionMatrix(nn.Module):
     """Binary ``num_users x num_items`` matrix stored as CSR (``indptr``, ``indices``).
 
@@ -83,11 +92,7 @@ class InteractionMatrix(nn.Module):
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Elementwise membership of (users[j], items[j]) pairs; any broadcastable shapes."""
-        query = users * self.num_items + items
-        if self.keys.numel() == 0:
-            return torch.zeros_like(query, dtype=torch.bool)
-        pos = torch.searchsorted(self.keys, query.reshape(-1)).clamp_(max=self.keys.numel() - 1)
-        return (self.keys[pos] == query.reshape(-1)).reshape(query.shape)
+        return _contains(self.keys, self.num_items, users, items)
 
     def num_negatives(self, users: torch.Tensor) -> torch.Tensor:
         """Catalogue items each user has *not* interacted with ([len(users)])."""
@@ -153,8 +158,4 @@ class RowItems:
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Elementwise membership of (users[j], items[j]) pairs; any broadcastable shapes."""
-        query = users * self.num_items + items
-        if self.keys.numel() == 0:
-            return torch.zeros_like(query, dtype=torch.bool)
-        pos = torch.searchsorted(self.keys, query.reshape(-1)).clamp_(max=self.keys.numel() - 1)
-        return (self.keys[pos] == query.reshape(-1)).reshape(query.shape)
+        return _contains(self.keys, self.num_items, users, items)

@@ -44,7 +44,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from mmrec.data.prepared import DatasetError, sha256_file
+from mmrec.data.prepared import DatasetError
+from mmrec.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 

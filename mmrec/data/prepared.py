@@ -24,7 +24,6 @@ training rather than producing quietly wrong numbers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmrec.utils.files import sha256_file
+
 FORMAT = "mmrec-prepared/1"
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 TABLES = ("interactions.parquet", "items.parquet", "users.parquet")
@@ -42,14 +43,6 @@ TABLES = ("interactions.parquet", "items.parquet", "users.parquet")
 
 class DatasetError(RuntimeError):
     """A dataset file is missing, malformed or inconsistent; the message says which and what to do."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -27,7 +27,6 @@ loading verifies, serving only reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmrec.utils.files import sha256_file
+
 FORMAT = "mmrec-bundle"
 VERSION = 1
 REQUIRED_ARRAYS = ("user_vectors", "item_vectors", "item_rankable", "item_popularity", "history_indptr",
@@ -51,14 +52,6 @@ TABLES = ("items.parquet", "users.parquet")
 class BundleError(RuntimeError):
     """A bundle is missing, incomplete, tampered with or of another format version; the
     message names the file and says what to do."""
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(root: Path) -> list[Path]:
@@ -119,7 +112,7 @@ def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: p
         manifest = {
             "format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "card": card, **(extra or {}),
-            "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                       for p in _files(tmp)},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -190,7 +183,7 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
         if path.stat().st_size != entry["bytes"]:
             raise BundleError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}: the file "
                               f"was truncated or changed after export; {how}")
-        if verify and _sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             raise BundleError(f"{path}: checksum differs from manifest.json: the file was changed after export; {how}")
     for name in REQUIRED_ARRAYS:
         if f"{name}.npy" not in files:
