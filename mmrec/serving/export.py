@@ -124,7 +124,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         built = FaissIndex(arrays["item_vectors"], arrays["item_rankable"], index["factory"], **params)
         log.info("built a FAISS %s index in %.1fs", index["factory"], built.build_seconds)
         index_writer = built.save
-        extra["index"] = {"factory": index["factory"], "build_seconds": round(built.build_seconds, 3), **params}
+        extra["index"] = {"factory": index["factory"], "search": "inner product as L2 on augmented vectors",
+                          "build_seconds": round(built.build_seconds, 3), **params}
     card = {
         "model": cfg.model.encoder._target_.rsplit(".", 1)[-1], "model_target": cfg.model.encoder._target_,
         "dataset": ds.name, "dataset_root": str(ds.root), "metrics": record.get("metrics", {}),

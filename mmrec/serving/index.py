@@ -65,7 +65,16 @@ class ExactIndex:
 
 
 class FaissIndex:
-    """A FAISS index of the rankable items' vectors with inner-product metric.
+    r"""A FAISS index of the rankable items' vectors for maximum inner-product search.
+
+    Scores are inner products of vectors whose norms differ (popular items have longer
+    vectors), and graph and cluster indexes built for inner product directly find the top of
+    such a ranking poorly (measured on Baby LightGCN vectors: HNSW32 recall@100 0.57 at
+    efSearch 128). The search is therefore reduced to a nearest-neighbour search in L2
+    (Bachrach et al. 2014): items are indexed as :math:`[x, \sqrt{M^2 - \lVert x\rVert^2}]`
+    with :math:`M` the largest item norm, queries as :math:`[q, 0]`, so that
+    :math:`\lVert q' - x'\rVert^2 = \lVert q\rVert^2 + M^2 - 2\,q^\top x` and the nearest items
+    are those of highest inner product; their exact inner products are then computed.
 
     Args:
         item_vectors: ``[I, d]`` float32.
@@ -88,9 +97,14 @@ class FaissIndex:
 
         if threads is not None:
             faiss.omp_set_num_threads(threads)
-        vectors = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32))
+        vectors = np.asarray(item_vectors, dtype=np.float32)
         rankable = np.asarray(rankable, dtype=bool)
+        subset = vectors[rankable]  # [n, d]
+        norms2 = (subset.astype(np.float64) ** 2).sum(1)  # [n]
+        self.max_norm2 = float(norms2.max()) if len(norms2) else 0.0
+        extra = np.sqrt(np.clip(self.max_norm2 - norms2, 0.0, None)).astype(np.float32)[:, None]  # [n, 1]
         self.ids = torch.as_tensor(np.flatnonzero(rankable), dtype=torch.long)  # index position -> item id
+        self.items = torch.as_tensor(vectors)  # [I, d], shares the (memory-mapped) array
         self.factory = factory
         self.build_seconds = 0.0
         index = None
@@ -102,16 +116,17 @@ class FaissIndex:
                 log.info("building a FAISS %s index of %d items (the bundle has none saved for it)", factory,
                          len(self.ids))
             start = time.perf_counter()
-            index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            augmented = np.ascontiguousarray(np.concatenate([subset, extra], axis=1))  # [n, d + 1]
+            index = faiss.index_factory(augmented.shape[1], factory, faiss.METRIC_L2)
             if "HNSW" in factory:
                 faiss.ParameterSpace().set_index_parameter(index, "efConstruction", ef_construction)
-            subset = vectors[rankable]
             if not index.is_trained:
-                index.train(subset)
-            index.add(subset)
+                index.train(augmented)
+            index.add(augmented)
             self.build_seconds = time.perf_counter() - start
-        elif index.ntotal != len(self.ids):
-            raise ValueError(f"the FAISS index holds {index.ntotal} vectors, the bundle {len(self.ids)} rankable items")
+        elif index.ntotal != len(self.ids) or index.d != vectors.shape[1] + 1:
+            raise ValueError(f"the saved FAISS index holds {index.ntotal} vectors of {index.d - 1}-d items, the bundle "
+                             f"{len(self.ids)} rankable items of {vectors.shape[1]}-d: re-export the bundle")
         self.index = index
         params = faiss.ParameterSpace()
         if "HNSW" in factory:
@@ -127,10 +142,15 @@ class FaissIndex:
     def search(self, queries: torch.Tensor, n: int, exclude: RowItems) -> tuple[torch.Tensor, torch.Tensor]:
         extra = int(exclude.counts().max()) if exclude.nnz else 0  # excluded items may take slots
         want = min(n + extra, len(self.ids))
-        scores, pos = self.index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), want)  # [B, want]
+        q = np.asarray(queries, dtype=np.float32)
+        augmented = np.ascontiguousarray(np.concatenate([q, np.zeros((len(q), 1), dtype=np.float32)], axis=1))
+        dist, pos = self.index.search(augmented, want)  # [B, want] squared L2 distances
         pos_t = torch.as_tensor(pos)
         ids = torch.where(pos_t >= 0, self.ids[pos_t.clamp_min(0)], torch.full_like(pos_t, -1))  # [B, want]
-        scores_t = torch.as_tensor(scores).masked_fill(pos_t < 0, -torch.inf)
+        # exact inner products of the found items (recovering them from the distances would lose
+        # precision to cancellation in float32)
+        found = self.items[ids.clamp_min(0)]  # [B, want, d]
+        scores_t = torch.einsum("bd,bwd->bw", torch.as_tensor(q), found).masked_fill(pos_t < 0, -torch.inf)
         rows = torch.arange(len(queries)).unsqueeze(1).expand_as(ids)
         drop = (ids < 0) | exclude.contains(rows, ids.clamp_min(0))  # [B, want]
         scores_t = scores_t.masked_fill(drop, -torch.inf)
