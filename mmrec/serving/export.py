@@ -120,12 +120,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
     if index and index.get("factory"):
         from mmrec.serving.index import FaissIndex
 
-        params = {k: v for k, v in index.items() if k in ("ef_construction",)}
+        params = {k: v for k, v in index.items() if k in ("ef_construction", "mips")}
         built = FaissIndex(arrays["item_vectors"], arrays["item_rankable"], index["factory"], **params)
         log.info("built a FAISS %s index in %.1fs", index["factory"], built.build_seconds)
         index_writer = built.save
-        extra["index"] = {"factory": index["factory"], "search": "inner product as L2 on augmented vectors",
-                          "build_seconds": round(built.build_seconds, 3), **params}
+        # the key serving matches its own settings against (factory and inner-product search)
+        extra["index"] = {"factory": f"{index['factory']}/{built.mips}", "build_seconds": round(built.build_seconds, 3),
+                          **params}
     card = {
         "model": cfg.model.encoder._target_.rsplit(".", 1)[-1], "model_target": cfg.model.encoder._target_,
         "dataset": ds.name, "dataset_root": str(ds.root), "metrics": record.get("metrics", {}),

@@ -68,13 +68,16 @@ class FaissIndex:
     r"""A FAISS index of the rankable items' vectors for maximum inner-product search.
 
     Scores are inner products of vectors whose norms differ (popular items have longer
-    vectors), and graph and cluster indexes built for inner product directly find the top of
-    such a ranking poorly (measured on Baby LightGCN vectors: HNSW32 recall@100 0.57 at
-    efSearch 128). The search is therefore reduced to a nearest-neighbour search in L2
+    vectors). ``mips="l2"`` (default) reduces the search to a nearest-neighbour search in L2
     (Bachrach et al. 2014): items are indexed as :math:`[x, \sqrt{M^2 - \lVert x\rVert^2}]`
     with :math:`M` the largest item norm, queries as :math:`[q, 0]`, so that
     :math:`\lVert q' - x'\rVert^2 = \lVert q\rVert^2 + M^2 - 2\,q^\top x` and the nearest items
-    are those of highest inner product; their exact inner products are then computed.
+    are those of highest inner product. ``mips="ip"`` indexes the vectors as they are with
+    FAISS's inner-product metric. Which finds the top better depends on the vectors: on
+    trained LightGCN vectors of Baby, whose users share a popularity direction, HNSW32 at
+    efSearch 128 reached recall@100 0.99 with ``l2`` and 0.57 with ``ip``; on isotropic
+    Gaussian vectors with widely spread norms ``ip`` does better (``bench_recommend.py
+    latency`` reports both). Either way the found items' exact inner products are returned.
 
     Args:
         item_vectors: ``[I, d]`` float32.
@@ -83,6 +86,7 @@ class FaissIndex:
         ef_search: HNSW's search breadth (the recall-latency knob of ``HNSW*``).
         nprobe: IVF's probed lists (the recall-latency knob of ``IVF*``).
         ef_construction: HNSW's build breadth.
+        mips: ``l2`` (augmented vectors, L2 metric) or ``ip`` (inner-product metric).
         saved: ``(path, factory)`` of an index saved in the bundle at export: read instead of
             built when its factory is this one.
         threads: FAISS OpenMP threads (``None``: FAISS's default).
@@ -92,8 +96,12 @@ class FaissIndex:
 
     def __init__(self, item_vectors: np.ndarray | torch.Tensor, rankable: np.ndarray | torch.Tensor,
                  factory: str = "HNSW32", ef_search: int = 128, nprobe: int = 16, ef_construction: int = 200,
-                 saved: tuple[Path, str | None] | None = None, threads: int | None = None):
+                 saved: tuple[Path, str | None] | None = None, threads: int | None = None, mips: str = "l2"):
         import faiss
+
+        if mips not in ("l2", "ip"):
+            raise ValueError(f"mips must be 'l2' or 'ip', got {mips!r}")
+        self.mips = mips
 
         if threads is not None:
             faiss.omp_set_num_threads(threads)
@@ -108,7 +116,7 @@ class FaissIndex:
         self.factory = factory
         self.build_seconds = 0.0
         index = None
-        if saved is not None and saved[1] == factory and Path(saved[0]).is_file():
+        if saved is not None and saved[1] == f"{factory}/{mips}" and Path(saved[0]).is_file():
             index = faiss.read_index(str(saved[0]))
             log.info("read the bundle's FAISS %s index (%d vectors)", factory, index.ntotal)
         if index is None:
@@ -116,16 +124,20 @@ class FaissIndex:
                 log.info("building a FAISS %s index of %d items (the bundle has none saved for it)", factory,
                          len(self.ids))
             start = time.perf_counter()
-            augmented = np.ascontiguousarray(np.concatenate([subset, extra], axis=1))  # [n, d + 1]
-            index = faiss.index_factory(augmented.shape[1], factory, faiss.METRIC_L2)
+            if mips == "l2":
+                augmented = np.ascontiguousarray(np.concatenate([subset, extra], axis=1))  # [n, d + 1]
+                index = faiss.index_factory(augmented.shape[1], factory, faiss.METRIC_L2)
+            else:
+                augmented = np.ascontiguousarray(subset)  # [n, d]
+                index = faiss.index_factory(augmented.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
             if "HNSW" in factory:
                 faiss.ParameterSpace().set_index_parameter(index, "efConstruction", ef_construction)
             if not index.is_trained:
                 index.train(augmented)
             index.add(augmented)
             self.build_seconds = time.perf_counter() - start
-        elif index.ntotal != len(self.ids) or index.d != vectors.shape[1] + 1:
-            raise ValueError(f"the saved FAISS index holds {index.ntotal} vectors of {index.d - 1}-d items, the bundle "
+        elif index.ntotal != len(self.ids) or index.d != vectors.shape[1] + (mips == "l2"):
+            raise ValueError(f"the saved FAISS index holds {index.ntotal} vectors of dimension {index.d}, the bundle "
                              f"{len(self.ids)} rankable items of {vectors.shape[1]}-d: re-export the bundle")
         self.index = index
         params = faiss.ParameterSpace()
@@ -143,8 +155,11 @@ class FaissIndex:
         extra = int(exclude.counts().max()) if exclude.nnz else 0  # excluded items may take slots
         want = min(n + extra, len(self.ids))
         q = np.asarray(queries, dtype=np.float32)
-        augmented = np.ascontiguousarray(np.concatenate([q, np.zeros((len(q), 1), dtype=np.float32)], axis=1))
-        dist, pos = self.index.search(augmented, want)  # [B, want] squared L2 distances
+        if self.mips == "l2":
+            q_index = np.ascontiguousarray(np.concatenate([q, np.zeros((len(q), 1), dtype=np.float32)], axis=1))
+        else:
+            q_index = np.ascontiguousarray(q)
+        _, pos = self.index.search(q_index, want)  # [B, want]
         pos_t = torch.as_tensor(pos)
         ids = torch.where(pos_t >= 0, self.ids[pos_t.clamp_min(0)], torch.full_like(pos_t, -1))  # [B, want]
         # exact inner products of the found items (recovering them from the distances would lose
