@@ -60,6 +60,8 @@ class Conn:
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         await self.writer.drain()
         status_line = await self.reader.readline()
+        if not status_line:  # the server closed an idle keep-alive connection: not an answer
+            raise ConnectionResetError("connection closed by the server")
         length = 0
         while True:
             line = await self.reader.readline()
@@ -101,10 +103,16 @@ async def closed_loop(port: int, paths: list[str], concurrency: int, seconds: fl
         while time.perf_counter() < stop and (count is None or done < count):
             t0 = time.perf_counter()
             try:
-                status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
+                try:
+                    status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
+                except ConnectionResetError:  # an idle connection the server closed: reconnect once
+                    conn = await Conn.open(port)
+                    status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
                 errors += status != 200
             except (asyncio.TimeoutError, ConnectionError):
                 errors += 1
+                conn.close()
+                conn = await Conn.open(port)
             latencies.append(1000 * (time.perf_counter() - t0))
             done += 1
             i += concurrency
@@ -139,7 +147,11 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float, ma
             latencies.append(1000 * TIMEOUT_S)
             return
         try:
-            status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
+            try:
+                status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
+            except ConnectionResetError:  # an idle connection the server closed: reconnect once
+                conn = await Conn.open(port)
+                status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
             errors += status != 200
             idle.append(conn)
         except (asyncio.TimeoutError, ConnectionError):

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 ENV = "MMREC_SERVE_CONFIG"
 
 
+_PRELOADED = None  # the Recommender loaded by the parent before forking workers (shared copy-on-write)
+
+
 def app_from_env():
     """The app of the config in ``$MMREC_SERVE_CONFIG`` (how each uvicorn worker builds it)."""
     import torch
@@ -33,7 +36,8 @@ def app_from_env():
     cfg = OmegaConf.create(json.loads(os.environ[ENV]))
     torch.set_num_threads(int(cfg.threads))
     worker_cfg = OmegaConf.merge(cfg, {"verify": False})  # the parent verified every checksum
-    return create_app(lambda: recommender_from_config(worker_cfg), Limits(**cfg.limits))
+    load = (lambda: _PRELOADED) if _PRELOADED is not None else (lambda: recommender_from_config(worker_cfg))
+    return create_app(load, Limits(**cfg.limits))
 
 
 def serve(cfg: DictConfig) -> None:
@@ -54,9 +58,9 @@ def prefork(cfg: DictConfig) -> None:
 
     uvicorn's own ``workers`` spawns fresh interpreters, each importing torch, FastAPI and
     mmrec again (~350 MB of private memory each here); forked from a parent that has imported
-    them, the workers share those pages copy-on-write, and the bundle's vectors are shared
-    through the page cache (memory-mapped). No torch thread pool exists before the fork (no
-    tensor work happens in the parent). The parent forwards SIGINT / SIGTERM and exits when
+    them and built the recommender (id maps, titles, index), the workers share those pages
+    copy-on-write, and the bundle's vectors through the page cache (memory-mapped). The parent
+    runs torch with ``threads`` threads (1 by default), so no thread pool is forked. The parent forwards SIGINT / SIGTERM and exits when
     the workers have.
     """
     import signal
@@ -64,7 +68,16 @@ def prefork(cfg: DictConfig) -> None:
 
     import uvicorn
 
+    import torch
+
     import mmrec.serving.app  # noqa: F401  (imported once, shared by the forked workers)
+    from mmrec.serving.recommender import recommender_from_config
+
+    global _PRELOADED
+    # The recommender (id maps, titles, index) is built once here and inherited by the workers;
+    # with one torch thread no thread pool exists yet, so forking is safe.
+    torch.set_num_threads(int(cfg.threads))
+    _PRELOADED = recommender_from_config(OmegaConf.merge(cfg, {"verify": False}))
 
     sock = socket.socket(socket.AF_INET6 if ":" in str(cfg.host) else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
