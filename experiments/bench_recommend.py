@@ -146,22 +146,30 @@ def phase_pipeline(runs: list[Path], tag: str) -> None:
 
 
 def _plot_tradeoff(points, path: Path, tag: str) -> None:
+    """Recall@20 against ILD@20: per model, the MMR path and the DPP path, both from the ANN list."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     for m, model in enumerate(sorted({p[0] for p in points})):
-        mine = [p for p in points if p[0] == model]
-        xs, ys = [p[2]["ild@20"] for p in mine], [p[2]["recall@20"] for p in mine]
-        ax.plot(xs, ys, marker="o", color=f"C{m}", label=model)
-        for (_, name, met), x, y in zip(mine, xs, ys):
-            ax.annotate(name.replace("FAISS HNSW32 + ranking", "ANN"), (x, y), textcoords="offset points",
-                        xytext=(4, 3), fontsize="x-small", color=f"C{m}")
+        mine = {name: met for mod, name, met in points if mod == model}
+        start = mine[VARIANTS[1][0]]
+        for rerank, style, marker in (("MMR", "-", "o"), ("DPP", "--", "s")):
+            chain = [("ANN", start)] + [(name.replace("+ ", "").replace("(diversity ", "d=").rstrip(")")
+                                         .replace("lambda ", "λ="), met)
+                                        for name, met in mine.items() if rerank in name]
+            xs, ys = [c[1]["ild@20"] for c in chain], [c[1]["recall@20"] for c in chain]
+            ax.plot(xs, ys, style, marker=marker, color=f"C{m}", label=f"{model}, {rerank}")
+            for label, met in chain[1:]:
+                ax.annotate(label.split(" ", 1)[-1], (met["ild@20"], met["recall@20"]), textcoords="offset points",
+                            xytext=(4, 3), fontsize="x-small", color=f"C{m}")
+        exact = mine[VARIANTS[0][0]]
+        ax.plot([exact["ild@20"]], [exact["recall@20"]], marker="*", markersize=12, color=f"C{m}", linestyle="none")
     ax.set_xlabel("intra-list diversity@20 (content space)")
     ax.set_ylabel("test Recall@20")
-    ax.set_title(f"{tag}: accuracy against diversity of the served lists")
+    ax.set_title(f"{tag}: accuracy against diversity of the served lists (star: exact, first dot: ANN)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
