@@ -140,6 +140,7 @@ def test_id_only_model_ranks_cold_items_last(make_cfg):
         assert cold.any(), "the demo holds items out of training"
         unknown = module.unrankable_items()
         assert (unknown is not None) == expect_unknown
+        module.eval()  # the representations recommendations are made from (cold items estimated)
         with torch.no_grad():
             user_emb, item_emb = module()
         users = torch.arange(module.train_matrix.num_users)
