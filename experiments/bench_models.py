@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, git_commit, machine, mean_std, run_parallel, run_train, write_section  # noqa: E402
 
-MODELS = [("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
+# pop and random are reference points, evaluated without training (no epochs, no s/epoch)
+MODELS = [("pop", "none"), ("random", "none"), ("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
           ("grcn", "late"), ("freedom", "graph_sum"), ("lattice", "graph_sum")]
 DESCRIPTION = {
     "demo": "Demo: 1,000 users, 800 items, 12 latent styles, 10% cold items (validation/test only); "
@@ -82,6 +84,10 @@ def collect(dataset: str, rows: list[tuple[str, str, str]], seeds: list[int], ta
     return results
 
 
+ILD_SPACE = ("`ild_content`: in the dataset's content space, each modality L2-normalised and concatenated, the same for "
+             "every model; `ild_emb` (the model's item vectors) only where a dataset has no features")
+
+
 def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note: str = "",
            command: str = "") -> str:
     title = f"All models on {dataset}" if all(k.endswith("/uniform") for k in results) else \
@@ -92,22 +98,39 @@ def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note:
              f"- Machine: {machine()}", f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
              f"- {DESCRIPTION[dataset]} Defaults of each model config; mean ± std over the seeds each row lists; "
              "negatives drawn from items with a training interaction only. s/epoch = median training epoch; "
-             "RSS = the run's peak.", "",
-             "| model | fusion | sampler | seeds | val R@20 | test R@20 | test NDCG@20 | test warm R@20 | test cold R@20 | epochs to best | s/epoch | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RSS = the run's peak.",
+             "- Beyond accuracy, on the test lists (top 20 of every test user, training and validation items "
+             "excluded): coverage = share of the catalogue shown to anyone; Gini of the item exposure (0 = even, "
+             "1 = the same items for all); avg pop = mean number of training users of the shown items; novelty = mean "
+             "-log2(share of users who had the item in training); ILD = mean pairwise cosine distance within a list "
+             f"({ILD_SPACE}); cold exp = share of the shown slots that go to cold items. "
+             "`pop` and `random` are evaluated without training (no epochs).", "",
+             "| model | fusion | sampler | seeds | val R@20 | test R@20 | test NDCG@20 | test warm R@20 | test cold R@20 "
+             "| coverage@20 | Gini@20 | avg pop@20 | novelty@20 | ILD@20 | cold exp@20 "
+             "| epochs to best | s/epoch | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, runs in results.items():
         model, fusion, sampler = key.split("/")
 
-        def col(name: str) -> str:
-            vals = [r["metrics"][name] for r in runs if name in r["metrics"]]
-            return mean_std(vals) if vals else "n/a"
+        def col(*names: str, digits: int = 4) -> str:
+            """mean ± std of the first of ``names`` that the runs report (ILD: content, else embeddings)."""
+            for name in names:
+                vals = [r["metrics"][name] for r in runs if name in r["metrics"]]
+                if vals:
+                    return mean_std(vals, digits)
+            return "n/a"
 
-        best = statistics.mean(r["best_epoch"] for r in runs)
-        epoch_s = statistics.median(r["perf"]["train_epoch_s_median"] for r in runs)
+        bests = [r["best_epoch"] for r in runs if r.get("best_epoch") is not None]
+        epochs = [r["perf"]["train_epoch_s_median"] for r in runs if r["perf"].get("train_epoch_s_median") is not None]
+        best = f"{statistics.mean(bests):.0f}" if bests else "–"
+        epoch_s = f"{statistics.median(epochs):.2f}" if epochs else "–"
         rss = max(r["perf"]["peak_rss_mb"] for r in runs)
         lines.append(f"| {model} | {fusion} | {sampler} | {len(runs)} | {col('val/recall@20')} | {col('test/recall@20')} | "
                      f"{col('test/ndcg@20')} | {col('test/warm/recall@20')} | {col('test/cold/recall@20')} | "
-                     f"{best:.0f} | {epoch_s:.2f} | {rss:.0f} |")
+                     f"{col('test/coverage@20', digits=3)} | {col('test/gini@20', digits=3)} | "
+                     f"{col('test/avg_pop@20', digits=1)} | {col('test/novelty@20', digits=2)} | "
+                     f"{col('test/ild_content@20', 'test/ild_emb@20', digits=3)} | "
+                     f"{col('test/cold_exposure@20', digits=4)} | {best} | {epoch_s} | {rss:.0f} |")
     return "\n".join(lines) + "\n" + (("\n" + note) if note else "")
 
 
@@ -158,6 +181,9 @@ def main() -> None:
     if args.jobs > 1:
         text = text.replace("s/epoch = median training epoch;",
                             f"s/epoch = median training epoch with {args.jobs} runs at once, one torch thread each;")
+    elif os.environ.get("OMP_NUM_THREADS"):
+        text = text.replace("s/epoch = median training epoch;", "s/epoch = median training epoch, one run at a time "
+                            f"with OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']};")
     write_section(section, text)
     print(text)
 

@@ -35,23 +35,26 @@ def machine() -> str:
             f"{gpu}; Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def git_commit() -> str:
-    """Short commit of the checkout the benchmark runs from (``+dirty`` if it has changes)."""
+def git_commit(root: Path = ROOT) -> str:
+    """Short commit of the checkout ``root`` (default: the one the benchmark runs from;
+    ``+dirty`` if it has changes)."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
         # RESULTS.md is rewritten by the benchmarks themselves: it does not make the code dirty.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":!experiments/RESULTS.md"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+                                ":!experiments/RESULTS.md"], cwd=root, capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def run_train(name: str, overrides: list[str], timeout: int = 7200, cwd: Path = ROOT) -> dict:
+def run_train(name: str, overrides: list[str], timeout: int = 7200, cwd: Path = ROOT,
+              out_root: Path = OUT) -> dict:
     """Run ``python -m mmrec.train`` in a fresh process from the checkout ``cwd`` (its own
-    ``mmrec`` comes first on ``sys.path``); return its metrics.json record."""
-    out = OUT / name
+    ``mmrec`` comes first on ``sys.path``), its run folder ``out_root / name``; return its
+    metrics.json record."""
+    out = out_root / name
     cmd = [sys.executable, "-m", "mmrec.train", f"hydra.run.dir={out}", "+trainer.enable_progress_bar=false",
            *overrides]
     start = time.time()
@@ -73,10 +76,10 @@ def run_parallel(fn, items: list, jobs: int) -> list:
         return list(pool.map(fn, items))  # in the order of `items`
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def write_section(key: str, text: str) -> None:
