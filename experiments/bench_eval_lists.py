@@ -110,7 +110,7 @@ Target (issue #14): <= 1 s per split for the final evaluation with lists: **{'me
 ({', '.join(f"{split} {med[(split, 'lists')]:.2f} s" for split in ('valid', 'test'))}). The pass with lists is also timed in its two parts: ranking the items and
 selecting each user's top {k_max} (`update`, batches of {BATCH} users), then `compute()` (accuracy from the hit counts and the
 beyond-accuracy metrics over all lists at once); "of which ILD" times intra-list diversity alone on the same lists
-(float64). The other list metrics are bincounts and gathers over the [{len(evaluator.users('valid')):,}, {k_max}] lists. Medians of
+(float32 list sums, one CSR product per cut-off). The other list metrics are bincounts and gathers over the [{len(evaluator.users('valid')):,}, {k_max}] lists. Medians of
 the parts need not add up to the median of the whole.
 """
     write_section("eval_lists_baby", text)
