@@ -9,6 +9,7 @@ uvicorn; with ``workers`` > 1, that many worker processes forked after the impor
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -78,6 +79,10 @@ def prefork(cfg: DictConfig) -> None:
     # with one torch thread no thread pool exists yet, so forking is safe.
     torch.set_num_threads(int(cfg.threads))
     _PRELOADED = recommender_from_config(OmegaConf.merge(cfg, {"verify": False}))
+    # Objects alive now are never collected in the workers: their collections would write to
+    # every object's header and copy the shared pages into each worker.
+    gc.collect()
+    gc.freeze()
 
     sock = socket.socket(socket.AF_INET6 if ":" in str(cfg.host) else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
