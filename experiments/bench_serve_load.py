@@ -76,6 +76,16 @@ class Conn:
         self.writer.close()
 
 
+async def _request(conn: Conn, port: int, path: str) -> tuple[Conn, int]:
+    """``(connection used, status)`` of one GET with the timeout; an idle keep-alive connection
+    the server has closed is replaced once (as HTTP clients do), not counted as an error."""
+    try:
+        return conn, await asyncio.wait_for(conn.get(path), TIMEOUT_S)
+    except ConnectionResetError:
+        conn = await Conn.open(port)
+        return conn, await asyncio.wait_for(conn.get(path), TIMEOUT_S)
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -103,11 +113,7 @@ async def closed_loop(port: int, paths: list[str], concurrency: int, seconds: fl
         while time.perf_counter() < stop and (count is None or done < count):
             t0 = time.perf_counter()
             try:
-                try:
-                    status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
-                except ConnectionResetError:  # an idle connection the server closed: reconnect once
-                    conn = await Conn.open(port)
-                    status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
+                conn, status = await _request(conn, port, paths[i % len(paths)])
                 errors += status != 200
             except (asyncio.TimeoutError, ConnectionError):
                 errors += 1
@@ -147,11 +153,7 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float, ma
             latencies.append(1000 * TIMEOUT_S)
             return
         try:
-            try:
-                status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
-            except ConnectionResetError:  # an idle connection the server closed: reconnect once
-                conn = await Conn.open(port)
-                status = await asyncio.wait_for(conn.get(paths[i % len(paths)]), TIMEOUT_S)
+            conn, status = await _request(conn, port, paths[i % len(paths)])
             errors += status != 200
             idle.append(conn)
         except (asyncio.TimeoutError, ConnectionError):
