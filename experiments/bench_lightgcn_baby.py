@@ -7,6 +7,12 @@ Usage (from the repository root; needs ../shared/data/amazon-baby):
     python experiments/bench_lightgcn_baby.py --phase quality   # depth chosen on validation, 3 seeds
     python experiments/bench_lightgcn_baby.py                   # all three
     python experiments/bench_lightgcn_baby.py --phase report    # rewrite RESULTS.md from the stored JSON
+    python experiments/bench_lightgcn_baby.py --phase speed --base /tmp/base --rounds 2
+        # speed of this checkout and of another one (a git worktree of an older commit), runs
+        # alternating per depth; the base's run folders and its JSON stay under /tmp/base
+
+RESULTS.md keeps the text of a phase that has no stored JSON here (e.g. a fresh checkout
+re-running only the speed phase keeps the memory and quality subsections as they were).
 
 Protocol (quality): embedding 64, batch 2048, Adam lr 1e-3, L2 1e-4, uniform negatives;
 validation Recall@20 every epoch, early stopping after 20 validations without improvement
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
+from common import OUT, RESULTS, ROOT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
 
 BASE = ["dataset=baby", "model=lightgcn", "dataset.batch_size=2048", "model.encoder.embedding_dim=64",
         "model.optimizer.lr=1e-3", "sampler=uniform"]
@@ -54,18 +61,56 @@ def torch_floor_rss_mb() -> dict:
     return {"import_torch": float(out[0]), "torch_adam_step": float(out[1])}
 
 
-def phase_speed() -> dict:
+SPEED = ["trainer.max_epochs=6", "test=false", "logger=none", "callbacks.early_stopping.patience=100"]
+
+
+def _speed_rows(recs: dict[int, list[dict]]) -> dict:
+    """Per depth: medians over epochs 2-6 of all runs (the first epoch warms up), the largest peak RSS."""
     rows = {}
-    for layers in (1, 2, 3, 4):
-        rec = run_train(f"speed_L{layers}", BASE + [f"model.encoder.num_layers={layers}", "trainer.max_epochs=6",
-                                                    "test=false", "logger=none",
-                                                    "callbacks.early_stopping.patience=100"])
-        perf = rec["perf"]
-        rows[layers] = {"train_epoch_s": statistics.median(perf["train_epoch_s"][1:]),  # first epoch warms up
-                        "val_s": statistics.median(perf["val_s"][1:]), "peak_rss_mb": perf["peak_rss_mb"]}
-        print(f"speed L={layers}: {rows[layers]}", flush=True)
-    return {"rows": rows, "import_rss_mb": import_rss_mb(), "floor_rss_mb": torch_floor_rss_mb(),
-            "commit": git_commit(), "date": time.strftime("%Y-%m-%d")}
+    for layers, runs in recs.items():
+        rows[layers] = {"train_epoch_s": statistics.median(x for r in runs for x in r["perf"]["train_epoch_s"][1:]),
+                        "val_s": statistics.median(x for r in runs for x in r["perf"]["val_s"][1:]),
+                        "peak_rss_mb": max(r["perf"]["peak_rss_mb"] for r in runs), "runs": len(runs)}
+    return rows
+
+
+def phase_speed(base: Path | None = None, rounds: int = 1) -> dict:
+    """s/epoch and s/validation pass at 1-4 layers, each run its own process; with ``base`` (another
+    checkout) its runs alternate with this checkout's, per depth and round (base first in every
+    other slot), so that the VM's drift hits both alike."""
+    trees = [("head", ROOT, OUT)] + ([("base", base, base / "logs" / "bench")] if base is not None else [])
+    recs: dict[str, dict[int, list[dict]]] = {side: {} for side, _, _ in trees}
+    per_round: dict[str, dict[int, list[tuple[float, float]]]] = {side: {} for side, _, _ in trees}
+    slot = 0
+    for rnd in range(rounds):
+        for layers in (1, 2, 3, 4):
+            order = trees if slot % 2 == 0 else trees[::-1]
+            slot += 1
+            for side, tree, out_root in order:
+                name = f"speed_L{layers}" + (f"_r{rnd}" if rounds > 1 else "")
+                # a worktree elsewhere (e.g. /tmp/base) has no ../shared beside it: read this checkout's
+                shared = [] if tree == ROOT or (tree.parent / "shared").exists() else \
+                    [f"paths.shared_dir={ROOT.parent / 'shared'}"]
+                rec = run_train(name, BASE + [f"model.encoder.num_layers={layers}", *SPEED, *shared], cwd=tree,
+                                out_root=out_root)
+                recs[side].setdefault(layers, []).append(rec)
+                perf = rec["perf"]
+                per_round[side].setdefault(layers, []).append(
+                    (statistics.median(perf["train_epoch_s"][1:]), statistics.median(perf["val_s"][1:])))
+                print(f"speed {side} L={layers} round {rnd}: epochs {perf['train_epoch_s']}, val {perf['val_s']}",
+                      flush=True)
+    out = {"rows": _speed_rows(recs["head"]), "rounds": rounds, "import_rss_mb": import_rss_mb(),
+           "command": "python experiments/bench_lightgcn_baby.py " + " ".join(sys.argv[1:]),
+           "floor_rss_mb": torch_floor_rss_mb(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d")}
+    if base is not None:
+        ratios = {layers: {"train_epoch_s": [h[0] / b[0] for h, b in zip(per_round["head"][layers], per_round["base"][layers])],
+                           "val_s": [h[1] / b[1] for h, b in zip(per_round["head"][layers], per_round["base"][layers])]}
+                  for layers in (1, 2, 3, 4)}
+        out["base"] = {"checkout": str(base), "commit": git_commit(base), "rows": _speed_rows(recs["base"]),
+                       "round_ratios": ratios}
+        (base / "logs" / "bench").mkdir(parents=True, exist_ok=True)
+        (base / "logs" / "bench" / "lightgcn_baby_speed.json").write_text(json.dumps(out["base"], indent=1))
+    return out
 
 
 def phase_memory() -> dict:
@@ -102,8 +147,25 @@ def _time_to_best(rec: dict) -> float | None:
     return sum(perf["train_epoch_s"][: best + 1]) + sum(perf["val_s"][: best + 1])
 
 
+def kept_subsections() -> dict[str, str]:
+    """The current RESULTS.md text of this section's subsections, by phase (``speed``: "### Speed",
+    ``memory``: "### Memory", ``quality``: every "### Quality" subsection)."""
+    if not RESULTS.exists():
+        return {}
+    match = re.search(r"<!-- lightgcn_baby:start -->\n(.*?)<!-- lightgcn_baby:end -->", RESULTS.read_text(), flags=re.S)
+    if match is None:
+        return {}
+    kept: dict[str, str] = {}
+    for part in re.split(r"\n(?=### )", match.group(1)):
+        for phase, heading in (("speed", "### Speed"), ("memory", "### Memory"), ("quality", "### Quality")):
+            if part.startswith(heading):
+                kept[phase] = kept.get(phase, "") + part.rstrip("\n") + "\n\n"
+    return {phase: text.rstrip("\n") + "\n" for phase, text in kept.items()}  # one blank line before the next
+
+
 def report(results: dict) -> str:
     date = time.strftime("%Y-%m-%d")
+    kept = kept_subsections()  # a phase without stored results keeps its text
     lines = ["## LightGCN on Amazon Baby (MMRec split)", "",
              f"- Command: `python experiments/bench_lightgcn_baby.py` (raw numbers: `logs/bench/*.json`)",
              f"- Machine: {machine()}", f"- Date: {date}",
@@ -112,11 +174,37 @@ def report(results: dict) -> str:
     if "speed" in results:
         sp = results["speed"]
         rows = {int(k): v for k, v in sp["rows"].items()}  # JSON turns the layer keys into strings
+        rounds = sp.get("rounds", 1)
         lines += ["### Speed (each row its own process; medians over epochs 2-6)", "",
-                  f"Code: commit {sp.get('commit', 'n/a')}, {sp.get('date', '')}.", "",
-                  "| layers | s / training epoch | s / full validation pass | peak RSS (MB) |", "|---|---|---|---|"]
-        for layers, row in rows.items():
-            lines.append(f"| {layers} | {row['train_epoch_s']:.2f} | {row['val_s']:.2f} | {row['peak_rss_mb']:.0f} |")
+                  f"Code: commit {sp.get('commit', 'n/a')}, {sp.get('date', '')}"
+                  + (f"; {rounds} runs per depth, medians over all their epochs 2-6, peak RSS the largest"
+                     if rounds > 1 else "") + "."
+                  + (f" Command: `{sp['command']}`." if "command" in sp else "")]
+        if "base" in sp:
+            bs = sp["base"]
+            brows = {int(k): v for k, v in bs["rows"].items()}
+            ratios = {int(k): v for k, v in bs["round_ratios"].items()}
+
+            def _ratio(name: str, layers: int) -> str:
+                rng = ratios[layers][name]
+                spread = f" ({min(rng):.2f}-{max(rng):.2f})" if len(rng) > 1 else ""
+                return f"{rows[layers][name] / brows[layers][name]:.2f}{spread}"
+
+            lines += ["", f"Against base commit {bs['commit']} (a worktree of it, same venv): its runs alternate with "
+                      f"this checkout's, one per depth and round, base first in every other slot. Ratio = head / base "
+                      f"of the medians (in brackets: the range of the per-round ratios).", "",
+                      "| layers | s / training epoch | s / full validation pass | peak RSS (MB) | base s / epoch | "
+                      "base s / val pass | base peak RSS (MB) | epoch ratio | val pass ratio |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for layers, row in rows.items():
+                b = brows[layers]
+                lines.append(f"| {layers} | {row['train_epoch_s']:.2f} | {row['val_s']:.2f} | {row['peak_rss_mb']:.0f} | "
+                             f"{b['train_epoch_s']:.2f} | {b['val_s']:.2f} | {b['peak_rss_mb']:.0f} | "
+                             f"{_ratio('train_epoch_s', layers)} | {_ratio('val_s', layers)} |")
+        else:
+            lines += ["", "| layers | s / training epoch | s / full validation pass | peak RSS (MB) |", "|---|---|---|---|"]
+            for layers, row in rows.items():
+                lines.append(f"| {layers} | {row['train_epoch_s']:.2f} | {row['val_s']:.2f} | {row['peak_rss_mb']:.0f} |")
         lines += ["", f"Targets (issue #2): <= 1.2 s per epoch at 1 layer, <= 0.3 s per validation pass, peak RSS "
                   f"<= 0.6 GB; MMRec toolbox on the same machine: 2.5 s, 1.9 s, 0.83 GB. "
                   f"Importing torch + lightning + mmrec alone takes "
@@ -141,6 +229,8 @@ def report(results: dict) -> str:
                   "rank count gives the same hit matrix (tested) from a pass that vectorises. A two-level "
                   "selection (maxima of strided item groups, then top-k inside the best groups; exact) had "
                   "measured 0.21 s instead of 0.25 s.", ""]
+    elif "speed" in kept:
+        lines.append(kept["speed"])
     if "memory" in results:
         mem = results["memory"]
         rss = mem["rss_mb"]
@@ -167,6 +257,8 @@ def report(results: dict) -> str:
                   + " Evaluation scores 128 users at a time (`evaluation.rank_block`) into one reused buffer of "
                   "~3.6 MB; with fresh 1,024-user blocks (~29 MB buffers, commit 5460f2e) the same measurement "
                   "grew 104 MB (glibc keeping freed large buffers).", ""]
+    elif "memory" in kept:
+        lines.append(kept["memory"])
     if "quality" in results:
         q = results["quality"]
         lines += ["### Quality: depth chosen on validation", "",
@@ -191,6 +283,8 @@ def report(results: dict) -> str:
         lines += ["", f"Target (published LightGCN on this split, selected on test): Recall@20 >= 0.0754, "
                   f"NDCG@20 >= 0.0328. Here (selected on validation): {test_r:.4f} / {test_n:.4f} -> "
                   f"{'met' if test_r >= 0.0754 and test_n >= 0.0328 else 'NOT met'}.", ""]
+    elif "quality" in kept:
+        lines.append(kept["quality"])
     return "\n".join(lines)
 
 
@@ -199,12 +293,19 @@ def main() -> None:
     parser.add_argument("--phase", choices=["speed", "memory", "quality", "all", "report"], default="all",
                         help="report: only rewrite RESULTS.md from logs/bench/lightgcn_baby.json")
     parser.add_argument("--jobs", type=int, default=2, help="parallel quality runs")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="speed: another checkout (e.g. a git worktree of an older commit) to alternate with")
+    parser.add_argument("--rounds", type=int, default=1, help="speed: runs per depth (and per checkout)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.base is not None and not (args.base / "mmrec" / "train.py").exists():
+        parser.error(f"--base {args.base} is not a checkout of this project")
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / "lightgcn_baby.json"
     results = json.loads(store.read_text()) if store.exists() else {}
     if args.phase in ("speed", "all"):
-        results["speed"] = phase_speed()
+        results["speed"] = phase_speed(args.base.resolve() if args.base else None, args.rounds)
         store.write_text(json.dumps(results, indent=1))
     if args.phase in ("memory", "all"):
         results["memory"] = phase_memory()
@@ -212,8 +313,9 @@ def main() -> None:
     if args.phase in ("quality", "all"):
         results["quality"] = phase_quality(args.jobs)
         store.write_text(json.dumps(results, indent=1))
-    write_section("lightgcn_baby", report(results))
-    print(report(results))
+    text = report(results)
+    write_section("lightgcn_baby", text)
+    print(text)
 
 
 if __name__ == "__main__":
