@@ -189,10 +189,14 @@ class Amazon2023Source:
                              strict=self.strict, block_bytes=self.block_bytes)
         out = work / "reviews.parquet"
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        with pq.ParquetWriter(tmp, REVIEW_SCHEMA) as writer:
-            for table in reader:
-                writer.write_table(table)
-        os.replace(tmp, out)
+        try:
+            with pq.ParquetWriter(tmp, REVIEW_SCHEMA) as writer:
+                for table in reader:
+                    writer.write_table(table)
+            os.replace(tmp, out)
+        except BaseException:  # a truncated .gz, a strict-mode line, Ctrl-C: no half-written table left
+            tmp.unlink(missing_ok=True)
+            raise
         rep = reader.report.as_dict()
         (work / "parse_report.json").write_text(json.dumps(rep, indent=2))
         if rep["malformed"]:

@@ -10,7 +10,14 @@ pyarrow's speed on review lines, which carry long texts we skip), pyarrow's for 
 keep the rest. (One difference of the fast path: a JSON boolean where a string is expected
 is kept as ``"true"``/``"false"``; a nested object or array there sends the block to the
 careful path, which rejects the line.)
-A line whose *required* fields are missing or null counts as malformed too.
+A line whose *required* fields are missing or null counts as malformed too, and so does any
+line the careful path cannot turn into a row for any other reason (JSON nested too deeply for
+:mod:`json`, an integer outside the column's range, a lone surrogate in a string, ...): in
+non-strict mode one bad line never aborts the parse.
+
+A truncated or corrupt gzip file raises a :class:`DatasetError` naming the file and the last
+line read; nothing is written here, so callers that stream into a temporary file must remove
+it when an exception passes through them.
 
 ``strict=True`` turns the first malformed line into a :class:`DatasetError` naming the file
 and line.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
@@ -33,6 +41,20 @@ import pyarrow.json as pj
 from mmrec.data.prepared import DatasetError
 
 MAX_EXAMPLES = 20
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    """What a truncated or corrupt gzip stream raises: EOFError (truncated), BadGzipFile (an
+    OSError: CRC or header) and the inflater's own error (zlib's, or ISA-L's)."""
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)
+    try:
+        from isal.isal_zlib import error as isal_error
+    except ImportError:  # pragma: no cover - isal is a declared dependency
+        return errors
+    return errors + (isal_error,)
+
+
+_DECOMPRESS_ERRORS = _decompress_errors()
 
 
 @dataclass
@@ -81,26 +103,35 @@ def _coerce(value, typ: pa.DataType):
     if value is None:
         return None
     if pa.types.is_string(typ):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # "\ud800" is valid JSON but has no UTF-8 form
+                raise ValueError("string with a lone UTF-16 surrogate (no UTF-8 form)") from None
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"expected a string, got {type(value).__name__}")
     if pa.types.is_integer(typ):
         if isinstance(value, bool):
             raise ValueError("expected an integer, got a boolean")
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise ValueError(f"expected an integer, got {value!r}")
+            value = int(value)
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        bounds = np.iinfo(typ.to_pandas_dtype())
+        if not bounds.min <= value <= bounds.max:  # Python ints are unbounded, Arrow's are not
+            raise ValueError(f"integer {value} is outside the range of {typ}")
+        return value
     if pa.types.is_floating(typ):
         if isinstance(value, bool):
             raise ValueError("expected a number, got a boolean")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
+            raise ValueError(f"expected a number, got {str(value)[:40]!r}") from None
     if pa.types.is_boolean(typ):
         if isinstance(value, bool):
             return value
@@ -164,11 +195,9 @@ class JsonlReader:
         with open_maybe_gzip(self.path) as fh:
             first_line = 1
             while True:
-                block = fh.read(self.block_bytes)
+                block = self._read_block(fh)
                 if not block:
                     break
-                if not block.endswith(b"\n"):
-                    block += fh.readline()  # complete the last line
                 n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
                 table = self._parse_block(block, first_line, n_lines)
                 self.report.lines += n_lines
@@ -176,6 +205,22 @@ class JsonlReader:
                 if table.num_rows:
                     self.report.rows += table.num_rows
                     yield table
+
+    def _read_block(self, fh: IO[bytes]) -> bytes:
+        """The next ``block_bytes`` of whole lines; a broken gzip stream becomes a DatasetError."""
+        try:
+            block = fh.read(self.block_bytes)
+            if block and not block.endswith(b"\n"):
+                block += fh.readline()  # complete the last line
+            return block
+        except _DECOMPRESS_ERRORS as err:
+            raise DatasetError(
+                f"{self.path}: the compressed data is truncated or corrupt ({type(err).__name__}: "
+                f"{err}; noticed after {self.report.lines} lines); the file is incomplete, "
+                f"e.g. an interrupted download or copy. Delete it and fetch it again (a downloaded "
+                f"raw file: rerun `python -m mmrec.prepare` with the same arguments plus "
+                f"prepare.force=[download]; a file you supplied: replace it with a complete copy)."
+            ) from err
 
     # -- one block ------------------------------------------------------------------------
     def _fast_parse(self, block: bytes) -> pa.Table:
@@ -200,7 +245,7 @@ class JsonlReader:
     def _parse_block(self, block: bytes, first_line: int, n_lines: int) -> pa.Table:
         try:
             table = self._fast_parse(block)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        except Exception:  # noqa: BLE001 - whatever the fast parser refuses, the careful path judges per line
             return self._parse_lines(block, first_line)
         if table.num_rows == n_lines:
             line_of_row = np.arange(n_lines)
@@ -223,7 +268,8 @@ class JsonlReader:
         return table.filter(pa.array(ok))
 
     def _parse_lines(self, block: bytes, first_line: int) -> pa.Table:
-        columns: dict[str, list] = {f.name: [] for f in self.schema}
+        rows: list[dict] = []
+        row_lines: list[int] = []
         lines = block.split(b"\n")
         if block.endswith(b"\n"):
             lines.pop()
@@ -232,24 +278,55 @@ class JsonlReader:
                 self.report.blank += 1
                 continue
             line = first_line + offset
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                self.report.bad(line, f"invalid JSON ({err.msg if hasattr(err, 'msg') else err})", self.strict)
+            values, reason = self._line_values(raw)
+            if reason:  # outside the try of _line_values: strict mode's DatasetError must escape
+                self.report.bad(line, reason, self.strict)
                 continue
-            if not isinstance(record, dict):
-                self.report.bad(line, f"expected a JSON object, got {type(record).__name__}", self.strict)
-                continue
-            try:
-                values = {f.name: _coerce(record.get(f.name), f.type) for f in self.schema}
-            except ValueError as err:
-                self.report.bad(line, str(err), self.strict)
-                continue
-            missing = [n for n in self.required if values[n] is None]
-            if missing:
-                self.report.bad(line, f"missing required field(s) {missing}", self.strict)
-                continue
-            for name, value in values.items():
-                columns[name].append(value)
-        return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in self.schema},
+            rows.append(values)
+            row_lines.append(line)
+        try:
+            return self._to_table(rows)
+        except Exception:  # noqa: BLE001 - a value Arrow refuses that the checks let through
+            return self._to_table_row_by_row(rows, row_lines)
+
+    def _line_values(self, raw: bytes) -> tuple[dict, str]:
+        """``(column values, "")`` of one non-blank line, or ``({}, why it is malformed)``."""
+        try:
+            record = json.loads(raw)
+        except RecursionError:
+            return {}, "invalid JSON (nested too deeply)"
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            return {}, f"invalid JSON ({getattr(err, 'msg', err)})"
+        except Exception as err:  # noqa: BLE001 - one odd line must not abort the file
+            return {}, f"unreadable line ({type(err).__name__}: {err})"
+        if not isinstance(record, dict):
+            return {}, f"expected a JSON object, got {type(record).__name__}"
+        try:
+            values = {f.name: _coerce(record.get(f.name), f.type) for f in self.schema}
+        except RecursionError:
+            return {}, "value nested too deeply"
+        except ValueError as err:
+            return {}, str(err)
+        except Exception as err:  # noqa: BLE001
+            return {}, f"unusable value ({type(err).__name__}: {err})"
+        missing = [n for n in self.required if values[n] is None]
+        if missing:
+            return {}, f"missing required field(s) {missing}"
+        return values, ""
+
+    def _to_table(self, rows: list[dict]) -> pa.Table:
+        return pa.table({f.name: pa.array([r[f.name] for r in rows], type=f.type) for f in self.schema},
                         schema=self.schema)
+
+    def _to_table_row_by_row(self, rows: list[dict], row_lines: list[int]) -> pa.Table:
+        """The rows Arrow accepts one at a time (slow, only for a block with such a row); the
+        others are malformed lines (e.g. a string with a lone UTF-16 surrogate)."""
+        kept = []
+        for row, line in zip(rows, row_lines):
+            try:
+                self._to_table([row])
+            except Exception as err:  # noqa: BLE001
+                self.report.bad(line, f"value not representable ({type(err).__name__}: {err})", self.strict)
+                continue
+            kept.append(row)
+        return self._to_table(kept)
