@@ -25,6 +25,10 @@ A :class:`Route` can also script misbehaviour:
                    ``Content-Range`` (416 when unsatisfiable); ``If-Range`` with another
                    ETag gets the full 200 body. ``ranges=False``: ignore ``Range``, always
                    200 (and no ``Accept-Ranges`` header)
+``if_range``       ``False``: ignore ``If-Range`` and serve the range anyway (a broken server
+                   or cache: a resumed download would get another version's tail)
+``send_etag``      ``False``: send no ``ETag`` (validators only through ``headers``, e.g.
+                   ``Last-Modified``)
 ``content_type``   override the guessed ``Content-Type``
 ``headers``        extra response headers (e.g. ``{"Content-Encoding": "gzip"}``)
 ``content_length`` ``False``: send no ``Content-Length`` (the body ends when the
@@ -100,6 +104,8 @@ class Route:
     ranges: bool = True
     content_length: bool = True
     etag: str | None = None
+    if_range: bool = True
+    send_etag: bool = True
     _hits: int = field(default=0, init=False, repr=False, compare=False)
     _truncated: int = field(default=0, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
@@ -222,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not route.ranges or spec is None:
             return 200, body, {}
         if_range = self.headers.get("If-Range")
-        if if_range is not None and if_range != route.etag:
+        if route.if_range and if_range is not None and if_range != route.etag:
             return 200, body, {}
         match = _RANGE.match(spec.strip())
         if match is None or match.groups() == ("", ""):
@@ -242,7 +248,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", route.content_type or _guess_type(self.path))
         if route.content_length:
             self.send_header("Content-Length", str(len(payload)))
-        self.send_header("ETag", route.etag)
+        if route.send_etag:
+            self.send_header("ETag", route.etag)
         if route.ranges:
             self.send_header("Accept-Ranges", "bytes")
         for key, value in {**extra, **route.headers}.items():

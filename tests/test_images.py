@@ -37,7 +37,7 @@ def test_good_images_are_cached_resized_rgb(http_server, tmp_path):
     local.write_bytes(_picture("PNG", (80, 80), seed=2))
     cache = tmp_path / "cache"
     df = fetch_images([(0, [http_server.url("/a.jpg")]), (1, [http_server.url("/b.png")]),
-                       (2, [str(local)])], cache, max_side=200, **FAST)
+                       (2, [str(local)])], cache, max_side=200, local_dir=tmp_path, **FAST)
     assert df["item"].tolist() == [0, 1, 2]
     assert df["status"].tolist() == ["ok", "ok", "ok"]
     assert df["path"].tolist() == ["0.jpg", "1.jpg", "2.jpg"]
@@ -84,7 +84,7 @@ def test_bad_candidates_get_their_status(http_server, tmp_path, route, timeout, 
 def test_no_url_and_missing_local_file(tmp_path):
     df = fetch_images([(0, []), (1, ["", None, float("nan")]), (2, [str(tmp_path / "gone.jpg")]),
                        (3, ["ftp://example.org/a.jpg"]), (4, ["http://[::1"])],
-                      tmp_path / "cache", **FAST)
+                      tmp_path / "cache", local_dir=tmp_path, **FAST)
     assert df["status"].tolist() == ["no_url", "no_url", "http_404", "http_error", "http_error"]
     assert "gone.jpg not found" in df["error"].iloc[2]
     assert "unsupported URL scheme 'ftp'" in df["error"].iloc[3]

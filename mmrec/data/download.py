@@ -4,11 +4,15 @@
 flaky network and a killed process:
 
 * bytes stream into ``<dest>.part``; ``<dest>.part.json`` records the URL and the server's
-  validator (ETag / Last-Modified) and total size, so a later call, even from a new
+  validators (ETag, Last-Modified) and total size, so a later call, even from a new
   process, resumes with ``Range: bytes=<part size>-`` plus ``If-Range``. A server that
-  ignores the range (answers 200) or whose file changed restarts the transfer from zero;
+  ignores the range (answers 200) or whose file changed restarts the transfer from zero,
+  and so does a 206 whose ETag / Last-Modified differ from (or lack) the recorded ones: a
+  server or cache that ignores ``If-Range`` would otherwise splice two versions of a file;
 * connection errors, time-outs, truncated bodies, 408/425/429 and 5xx are retried with
   exponential back-off (``backoff * 2**k`` seconds, or the server's ``Retry-After``);
+  a refused connection is reported as such, not as a time-out (urllib3's connection error
+  subclasses its time-out error);
   ``retries`` counts consecutive failed attempts that brought no new bytes, so a
   connection that keeps breaking but keeps progressing still finishes. Other statuses
   (404, 403, ...) fail at once with a :class:`DownloadError` naming the URL and status;
@@ -20,7 +24,9 @@ flaky network and a killed process:
 * on success ``<dest>.complete`` (JSON: url, size, sha256, etag, time) is written. A later
   call finds ``dest`` complete, without any network access, when that sidecar matches the
   URL and the file's size (and the requested SHA-256), or when the file matches the
-  requested ``sha256`` / ``size``; it is then never downloaded again.
+  requested ``sha256`` / ``size``; it is then never downloaded again;
+* a full disk (ENOSPC, EDQUOT, or EIO, which some filesystems give when full) becomes
+  "disk full at <path>: free space and rerun (it resumes)"; the bytes received stay.
 
 Local sources (a path or a ``file://`` URL) are never copied: they are checked (exists,
 ``size``, ``sha256`` when given) and their own path is returned, so the caller must use
@@ -30,11 +36,13 @@ the same time are not supported.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -57,6 +65,60 @@ _CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 
 class DownloadError(DatasetError):
     """A download failed for good; the message names the URL or file, the cause and what to do."""
+
+
+#: write errors that mean "no space left" (EIO: what some network/FUSE filesystems give when full)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def write_failure(path: str | os.PathLike, err: OSError) -> str:
+    """The message for a failed write of ``path``: "disk full at <path>: ..." for ENOSPC /
+    EDQUOT / EIO, else the OS error and what to check. Every stage resumes, so the next step
+    is always to fix the cause and rerun."""
+    if err.errno in _DISK_FULL:
+        return (f"disk full at {path} ({os.strerror(err.errno)}): free space and rerun "
+                f"(it resumes)")
+    return (f"cannot write {path} ({err}); check free space and permissions of "
+            f"{Path(path).parent}, then rerun (it resumes)")
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and what it wraps: ``args``, urllib3's ``reason``, ``__cause__``/``__context__``
+    (requests wraps urllib3 errors that wrap socket errors), breadth first, no cycles."""
+    seen, queue = [], [err]
+    while queue and len(seen) < 32:
+        cur = queue.pop(0)
+        if any(cur is s for s in seen):
+            continue
+        seen.append(cur)
+        inner = [a for a in cur.args if isinstance(a, BaseException)]
+        queue += inner + [e for e in (getattr(cur, "reason", None), cur.__cause__, cur.__context__)
+                          if isinstance(e, BaseException)]
+    return seen
+
+
+def network_failure(err: BaseException, url: str, timeout: float) -> tuple[bool, str]:
+    """``(is a time-out, what happened)`` for a requests/urllib3/socket error of ``url``.
+
+    A refused connection or an unknown host fails at once and says so: urllib3's
+    ``NewConnectionError`` subclasses its ``ConnectTimeoutError``, so an ``isinstance`` check
+    for time-outs alone would call a stopped server "no data within 10s".
+    """
+    chain = _causes(err)
+    where = urllib3.util.parse_url(url).netloc if "://" in url else url
+    if any(isinstance(e, (urllib3.exceptions.NameResolutionError, socket.gaierror)) for e in chain):
+        return False, f"cannot resolve the host of {where}; check the URL and the network (DNS)"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return False, (f"connection refused by {where}: nothing accepts connections there; "
+                       f"check that the server is up and the URL is right")
+    failed = next((e for e in chain if isinstance(e, urllib3.exceptions.NewConnectionError)), None)
+    if failed is not None:  # unreachable network, reset during connect, ...
+        return False, f"cannot connect to {where} ({failed})"
+    if any(isinstance(e, (urllib3.exceptions.ConnectTimeoutError, requests.ConnectTimeout)) for e in chain):
+        return True, f"timed out: no connection to {where} within {timeout:g}s"
+    if any(isinstance(e, (TimeoutError, urllib3.exceptions.TimeoutError, requests.Timeout)) for e in chain):
+        return True, f"timed out: no data within {timeout:g}s"
+    return False, f"{type(err).__name__}: {err}"
 
 
 def is_retryable_status(status: int) -> bool:
@@ -157,6 +219,7 @@ class _Part:
         self.url = url
         meta = _read_json(self.meta_path) or {}
         self.validator: str | None = meta.get("validator")
+        self.validators: dict[str, str] = _recorded_validators(meta)
         self.total: int | None = meta.get("total")
         self.size = self.path.stat().st_size if self.path.exists() else 0
         self.resumed = False  # whether the current bytes were received by several requests
@@ -171,12 +234,29 @@ class _Part:
         self.path.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)
         self.size, self.total, self.validator, self.resumed = 0, None, None, False
+        self.validators = {}
         self._hash = hashlib.sha256()
 
-    def begin(self, total: int | None, validator: str | None) -> None:
+    def begin(self, total: int | None, resp: requests.Response) -> None:
         """Record what the server said about the file before any byte of it is written."""
-        self.total, self.validator = total, validator
-        _write_json(self.meta_path, {"url": self.url, "total": total, "validator": validator})
+        self.total, self.validator = total, _validator(resp)
+        self.validators = _response_validators(resp)
+        try:
+            _write_json(self.meta_path, {"url": self.url, "total": total, "validator": self.validator,
+                                         **self.validators})
+        except OSError as err:
+            raise DownloadError(f"{self.url}: {write_failure(self.meta_path, err)}.") from err
+
+    def changed(self, resp: requests.Response) -> str | None:
+        """Why a 206 cannot continue the bytes kept (a recorded ETag / Last-Modified that the
+        answer changes or lacks), or None when it can."""
+        now = _response_validators(resp)
+        for name, kept in self.validators.items():
+            if name not in now:
+                return f"{_HEADER[name]} is missing, the partial file's was {kept!r}"
+            if now[name] != kept:
+                return f"{_HEADER[name]} {now[name]!r} differs from the partial file's {kept!r}"
+        return None
 
     def _hasher(self) -> "hashlib._Hash":
         if self._hash is None:
@@ -211,6 +291,25 @@ def _int_header(resp: requests.Response, name: str) -> int | None:
     return int(value) if value.strip().isdigit() else None
 
 
+_HEADER = {"etag": "ETag", "last_modified": "Last-Modified"}
+
+
+def _response_validators(resp: requests.Response) -> dict[str, str]:
+    """The ETag and Last-Modified a response carries (only those present)."""
+    return {name: resp.headers[header] for name, header in _HEADER.items() if resp.headers.get(header)}
+
+
+def _recorded_validators(meta: dict) -> dict[str, str]:
+    """The validators a ``.part.json`` recorded; one written before both were kept holds
+    only ``validator`` (a strong ETag, else Last-Modified)."""
+    if any(name in meta for name in _HEADER):
+        return {name: meta[name] for name in _HEADER if meta.get(name)}
+    old = meta.get("validator")
+    if not old:
+        return {}
+    return {"etag" if old.startswith(('"', "W/")) else "last_modified": old}
+
+
 def _validator(resp: requests.Response) -> str | None:
     """A strong ETag, or Last-Modified, usable in If-Range (weak ETags are not allowed there)."""
     etag = resp.headers.get("ETag")
@@ -233,7 +332,7 @@ def _attempt(session: requests.Session, url: str, part: _Part, size: int | None,
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=timeout)
     except (requests.Timeout, requests.ConnectionError) as err:  # SSL errors included
-        raise _Retry(f"{type(err).__name__}: {err}") from err
+        raise _Retry(network_failure(err, url, timeout)[1]) from err
     except requests.RequestException as err:  # invalid URL, too many redirects, ...
         raise DownloadError(f"{url}: {type(err).__name__}: {err}; check the URL.") from err
     with resp:
@@ -259,6 +358,12 @@ def _attempt(session: requests.Session, url: str, part: _Part, size: int | None,
                             "restarting from zero", url, have, resp.headers.get("Content-Range"))
                 part.reset()
                 raise _Retry("unusable Content-Range", retry_after=0.0)
+            changed = part.changed(resp)
+            if changed:  # a server or cache that ignored If-Range: never splice two versions
+                log.warning("%s: the file changed since the partial download (%s); restarting "
+                            "from zero", url, changed)
+                part.reset()
+                raise _Retry(f"the file changed on the server ({changed})", retry_after=0.0)
             total = int(match.group(3)) if match.group(3) != "*" else None
             part.resumed = True
         else:
@@ -271,7 +376,7 @@ def _attempt(session: requests.Session, url: str, part: _Part, size: int | None,
             part.reset()
             raise DownloadError(f"{url}: the server reports {total} bytes but {size} are expected; "
                                 f"the file at this URL changed or the expected size is wrong.")
-        part.begin(total, _validator(resp))
+        part.begin(total, resp)
         with tqdm(total=total, initial=part.size, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=label, disable=not progress, leave=False) as bar:
             try:  # raw bytes: a .gz served with Content-Encoding: gzip must stay compressed
@@ -279,10 +384,9 @@ def _attempt(session: requests.Session, url: str, part: _Part, size: int | None,
             except (urllib3.exceptions.HTTPError, requests.RequestException, ConnectionError,
                     TimeoutError) as err:
                 raise _Retry(f"transfer interrupted after {part.size} bytes "
-                             f"({type(err).__name__}: {err})") from err
+                             f"({network_failure(err, url, timeout)[1]})") from err
             except OSError as err:  # writing the part file: disk full, permissions
-                raise DownloadError(f"{part.path}: cannot write ({err}); free disk space or fix "
-                                    f"permissions, then run again (the download resumes).") from err
+                raise DownloadError(f"{url}: {write_failure(part.path, err)}.") from err
     if part.total is not None and part.size < part.total:
         raise _Retry(f"connection closed after {part.size} of {part.total} bytes")
     if part.total is not None and part.size > part.total:
@@ -380,10 +484,13 @@ def download(source: str | os.PathLike, dest: str | os.PathLike, *, sha256: str 
         raise DownloadError(f"{url}: SHA-256 {digest} does not match the expected {sha256}; the "
                             f"download was removed. The file at this URL changed or the expected "
                             f"checksum is wrong.")
-    os.replace(part.path, dest)
-    part.meta_path.unlink(missing_ok=True)
-    _write_json(sidecar_path(dest), {"url": url, "size": part.size, "sha256": digest,
-                                     "etag": part.validator, "finished": _now()})
+    try:
+        os.replace(part.path, dest)
+        part.meta_path.unlink(missing_ok=True)
+        _write_json(sidecar_path(dest), {"url": url, "size": part.size, "sha256": digest,
+                                         "etag": part.validator, "finished": _now()})
+    except OSError as err:  # the sidecar on a full disk; without it the next run re-verifies
+        raise DownloadError(f"{url}: {write_failure(dest, err)}.") from err
     log.info("%s: downloaded %d bytes to %s", url, part.size, dest)
     return dest
 

@@ -4,35 +4,49 @@
 Amazon 2023 pipeline passes the ``large``, then ``hi_res``, then ``thumb`` URL) and keeps the
 first one that yields a usable picture:
 
-1. fetch it into memory (http(s) URL, local path or ``file://`` URL) with a time limit and
-   a few retries for time-outs, connection errors and 5xx (never for 404);
+1. fetch it into memory with a time limit and a few retries for time-outs, connection
+   errors and 5xx (never for 404). Only http(s) URLs are fetched, since candidates come from
+   downloaded metadata (a ``/etc/passwd`` or ``file://`` "image URL" must not be read); a
+   local path or ``file://`` URL is read only inside ``local_dir``, the folder of a source
+   the user configured as local (ml100k's posters), else it is ``refused``;
 2. validate it: Pillow must identify it (else ``not_image``, e.g. an HTML error page served
-   with 200) and decode every pixel (``Image.load()``; a truncated JPEG is ``corrupt`` —
-   ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off); its shorter side must be
-   at least ``min_size`` pixels (else ``too_small``, e.g. 1x1 tracking pixels);
+   with 200); its shorter side must be at least ``min_size`` pixels (else ``too_small``,
+   e.g. 1x1 tracking pixels); the pixels to decode, known from the header before anything
+   is decoded, must be at most ``max_pixels`` (else ``too_large``: a 12000 x 12000 PNG takes
+   gigabytes), where a JPEG is decoded at 1/2, 1/4 or 1/8 scale (``draft``) when that still
+   gives ``max_side``; then every pixel is decoded (``Image.load()``; a truncated JPEG is
+   ``corrupt`` — ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off);
 3. normalise it: EXIF orientation applied, transparency flattened onto white, RGB, longer
    side scaled down to ``max_side``;
-4. save it as ``<cache_dir>/<item>.jpg`` atomically (temporary file + ``os.replace``), with
-   the source URL in the JPEG comment.
+4. save it as ``<cache_dir>/<item>.jpg`` atomically (temporary file, re-read and checked:
+   size, every pixel decodes, JPEG end marker, then ``os.replace``), with the source URL in
+   the JPEG comment. A short write that raised nothing never gets the final name.
 
 The stage is resumable: an item whose cache file exists and decodes is reported ``cached``
 without any network access (and scaled down in place if ``max_side`` shrank); items that
 failed are tried again by the next run. A failed item never touches its cache file, so a
 good picture from an earlier run survives a later failure, and one item never writes
-another's file. Only environment failures (the cache folder not writable, disk full) raise.
+another's file. Only environment failures (the cache folder not writable, disk full: "disk
+full at <path>: free space and rerun (it resumes)") raise.
 One run at a time per ``cache_dir``: a run removes temporary files a killed run left there.
 
 Statuses (one per item, in :data:`STATUSES`): ``ok`` (fetched now), ``cached``, ``no_url``,
 ``http_404`` (404/410, or a local file that does not exist), ``http_error`` (other statuses,
-connection errors, unsupported schemes, bodies over :data:`MAX_IMAGE_BYTES`), ``timeout``,
-``not_image``, ``corrupt``, ``too_small``. When every candidate fails, the item gets the
-status of the last candidate tried and an error message listing each candidate's failure.
+refused or failed connections, unsupported schemes, bodies over :data:`MAX_IMAGE_BYTES`),
+``timeout``, ``refused`` (a local file outside ``local_dir``), ``not_image``, ``corrupt``,
+``too_small``, ``too_large``. When every candidate fails, the item gets the status of the last
+candidate tried and an error message listing each candidate's failure.
+
+:func:`check_failure_share` turns a result whose failure share is over a threshold into an
+error with the counts and the command that retries (the images stage calls it: a server
+outage must not give a dataset whose images are silently all missing).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -47,17 +61,22 @@ import urllib3
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from mmrec.data.download import DownloadError, USER_AGENT, is_retryable_status, local_path
+from mmrec.data.download import (DownloadError, USER_AGENT, is_retryable_status, local_path,
+                                  network_failure, write_failure)
 from mmrec.data.prepared import DatasetError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "cached", "no_url", "http_404", "http_error", "timeout", "not_image",
-            "corrupt", "too_small")
+STATUSES = ("ok", "cached", "no_url", "http_404", "http_error", "timeout", "refused", "not_image",
+            "corrupt", "too_small", "too_large")
 USABLE = ("ok", "cached")
+#: statuses of items that had nothing to fetch: they never count as failures
+NOT_TRIED = ("no_url", "disabled")
 COLUMNS = ("item", "status", "url", "path", "bytes", "error")
 #: larger bodies are refused (``http_error``): no product photo needs more
 MAX_IMAGE_BYTES = 32 << 20
+#: pixels one image may decode to (4000 x 4000: about 64 MB as RGBA, per worker)
+MAX_PIXELS = 16_000_000
 JPEG_QUALITY = 90
 
 
@@ -77,6 +96,8 @@ class _Options:
     min_size: int
     max_side: int
     quality: int
+    max_pixels: int
+    local_dir: Path | None
 
 
 def fetch_images(
@@ -90,6 +111,8 @@ def fetch_images(
     max_side: int = 256,
     backoff: float = 0.5,
     quality: int = JPEG_QUALITY,
+    max_pixels: int = MAX_PIXELS,
+    local_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Fetch, validate, resize and cache one image per item; one result row per item.
@@ -106,6 +129,10 @@ def fetch_images(
         max_side: the longer side of the cached JPEG is scaled down to at most this.
         backoff: seconds before the first retry, doubled for each further one.
         quality: JPEG quality of the cached files.
+        max_pixels: largest width x height decoded (after JPEG draft scaling); larger
+            pictures are ``too_large`` and never decoded.
+        local_dir: the folder of a source the user configured as local; only files inside it
+            may be candidates (plain paths or ``file://``). ``None``: http(s) URLs only.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -132,7 +159,8 @@ def fetch_images(
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on (set by another library): "
                     "truncated images cannot be detected and may be cached")
     options = _Options(timeout=timeout, retries=retries, backoff=backoff, min_size=min_size,
-                       max_side=max_side, quality=quality)
+                       max_side=max_side, quality=quality, max_pixels=int(max_pixels),
+                       local_dir=None if local_dir is None else Path(os.path.abspath(local_dir)))
     sessions = _Sessions()
     rows: list[tuple | None] = [None] * len(jobs)
     pending: dict[Future, int] = {}
@@ -173,6 +201,42 @@ def summarize_images(results: pd.DataFrame) -> pd.DataFrame:
     summary["percent"] = (100.0 * summary["count"] / max(len(results), 1)).round(1)
     summary["usable"] = summary["status"].isin(USABLE)
     return summary
+
+
+def check_failure_share(results: pd.DataFrame, max_share: float, details: Path) -> None:
+    """Raise a :class:`DatasetError` when more than ``max_share`` of the items that had an
+    image URL got no usable picture (items without one never count). The message gives the
+    counts per status, an example, where every item's status is (``details``) and the
+    command that retries; the caller must not record its stage as finished, so a rerun
+    fetches the failed items again (cached pictures are kept and not fetched again)."""
+    status = results["status"].astype(str)
+    tried = ~status.isin(NOT_TRIED)
+    failed = tried & ~status.isin(USABLE)
+    n_tried, n_failed = int(tried.sum()), int(failed.sum())
+    if n_failed == 0 or n_failed <= max_share * n_tried:
+        return
+    counts = ", ".join(f"{k}: {v}" for k, v in status[failed].value_counts().items())
+    example = results[failed].iloc[0]
+    raise DatasetError(
+        f"images: {n_failed} of {n_tried} items with an image URL have no usable picture "
+        f"({n_failed / n_tried:.0%}, over max_failure_share={max_share:g}): {counts}; e.g. item "
+        f"{example['item']}: {example['error'][:300]}. The {n_tried - n_failed} pictures fetched are "
+        f"kept; every item's status is in {details}. Fix the cause (is the image server "
+        f"reachable?), then run `{prepare_command()}` again: it retries the failed items only. "
+        f"To accept the missing pictures instead, raise dataset.source.images.max_failure_share.")
+
+
+def prepare_command() -> str:
+    """The command line of the running ``mmrec.prepare`` (from Hydra's overrides), or its
+    generic form when not run through Hydra (e.g. from Python)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:  # pragma: no cover - hydra is a declared dependency
+        HydraConfig = None
+    if HydraConfig is not None and HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+        return " ".join(["python -m mmrec.prepare", *map(shlex.quote, overrides)])
+    return "python -m mmrec.prepare <the arguments used before>"
 
 
 def _candidates(urls: Sequence) -> list[str]:
@@ -238,6 +302,8 @@ def _check_cached(dest: Path, options: _Options) -> tuple[str, int] | None:
     """``(source url, bytes)`` of a decodable cache file (scaled down if too large), else None."""
     try:
         with Image.open(dest) as img:
+            if img.width * img.height > options.max_pixels:  # not ours: never decode it
+                return None
             img.load()
             url = img.info.get("comment", b"")
             if max(img.size) > options.max_side:  # max_side shrank since it was cached
@@ -261,7 +327,7 @@ def _fetch(source: str, session: Callable[[], requests.Session],
     except DownloadError as err:
         raise _Failure("http_error", str(err)) from err
     if path is not None:
-        return _read_local(path), ""
+        return _read_local(_allowed_local(source, path, options.local_dir)), ""
     for attempt in range(options.retries + 1):
         try:
             return _get(source, session(), options.timeout)
@@ -272,6 +338,19 @@ def _fetch(source: str, session: Callable[[], requests.Session],
                 raise
             time.sleep(options.backoff * 2 ** attempt)
     raise AssertionError("unreachable")
+
+
+def _allowed_local(source: str, path: Path, local_dir: Path | None) -> Path:
+    """``path`` when it lies inside ``local_dir`` (lexically: ``..`` cannot climb out, while a
+    symlink the user put in their own folder is followed), else a ``refused`` _Failure."""
+    if local_dir is not None:
+        full = Path(os.path.abspath(path))
+        if full == local_dir or local_dir in full.parents:
+            return full
+    where = (f"only files inside the configured local source {local_dir} are read"
+             if local_dir is not None else "this source is not configured as local")
+    raise _Failure("refused", f"refused to read local file {source!r}: image sources must be "
+                              f"http(s) URLs ({where}); fix the metadata or its image URLs")
 
 
 def _read_local(path: Path) -> bytes:
@@ -310,26 +389,13 @@ def _get(url: str, session: requests.Session, timeout: float) -> tuple[bytes, st
                     raise _Failure("timeout", f"body not complete after {timeout:g}s",
                                    retryable=True)
             return bytes(body), resp.headers.get("Content-Type", "")
-    except requests.Timeout as err:
+    except requests.ReadTimeout as err:
         raise _Failure("timeout", f"no answer within {timeout:g}s", retryable=True) from err
     except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as err:
-        # body reads through resp.raw raise urllib3's errors (IncompleteRead, ReadTimeoutError)
-        if _caused_by_timeout(err):
-            raise _Failure("timeout", f"no data within {timeout:g}s", retryable=True) from err
-        raise _Failure("http_error", f"{type(err).__name__}: {err}", retryable=True) from err
-
-
-def _caused_by_timeout(err: BaseException) -> bool:
-    """Whether a requests error wraps a socket/urllib3 read time-out (body reads do that)."""
-    seen: BaseException | None = err
-    for _ in range(8):  # a short chain; never follow a cycle forever
-        if seen is None:
-            return False
-        if isinstance(seen, (TimeoutError, urllib3.exceptions.TimeoutError)):
-            return True
-        inner = next((a for a in seen.args if isinstance(a, BaseException)), None)
-        seen = inner or seen.__cause__ or seen.__context__
-    return False
+        # body reads through resp.raw raise urllib3's errors (IncompleteRead, ReadTimeoutError);
+        # a refused connection is an http_error that says so, not a time-out
+        is_timeout, what = network_failure(err, url, timeout)
+        raise _Failure("timeout" if is_timeout else "http_error", what, retryable=True) from err
 
 
 def _decode(data: bytes, content_type: str, options: _Options) -> Image.Image:
@@ -341,16 +407,24 @@ def _decode(data: bytes, content_type: str, options: _Options) -> Image.Image:
         kind = f"Content-Type {content_type!r}, " if content_type else ""
         raise _Failure("not_image",
                        f"not an image ({kind}{len(data)} bytes starting {head!r})") from err
-    except Exception as err:  # noqa: BLE001 - e.g. DecompressionBombError, broken headers
+    except Image.DecompressionBombError as err:  # over twice Pillow's own limit
+        raise _Failure("too_large", f"{err}") from err
+    except Exception as err:  # noqa: BLE001 - broken headers
         raise _Failure("corrupt", f"{type(err).__name__}: {err}") from err
+    width, height = img.size  # from the header: nothing is decoded yet
+    if min(width, height) < options.min_size:
+        raise _Failure("too_small",
+                       f"{width}x{height} pixels, shorter side under {options.min_size}")
+    if img.format == "JPEG":  # decode at 1/2..1/8 scale when max_side still fits: less memory
+        img.draft("RGB", (options.max_side, options.max_side))
+    if img.width * img.height > options.max_pixels:
+        scaled = f" (decoded as {img.width}x{img.height})" if img.size != (width, height) else ""
+        raise _Failure("too_large", f"{width}x{height} pixels{scaled} is over max_pixels="
+                                    f"{options.max_pixels}: not decoded, to bound memory")
     try:
         img.load()
     except Exception as err:  # noqa: BLE001 - OSError (truncated), SyntaxError, ValueError, ...
         raise _Failure("corrupt", f"{img.format} does not decode: {err}") from err
-    width, height = img.size
-    if min(width, height) < options.min_size:
-        raise _Failure("too_small",
-                       f"{width}x{height} pixels, shorter side under {options.min_size}")
     try:
         img = _to_rgb(ImageOps.exif_transpose(img))
         img.thumbnail((options.max_side, options.max_side), Image.Resampling.LANCZOS)
@@ -370,13 +444,37 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _save(img: Image.Image, dest: Path, url: str, options: _Options) -> int:
-    """Write ``img`` as JPEG to ``dest`` atomically; returns its size in bytes."""
+    """Write ``img`` as JPEG to ``dest`` atomically, verified first; returns its size in bytes."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         img.save(tmp, "JPEG", quality=options.quality, comment=url.encode()[:60000])
+        problem = _written_jpeg_problem(tmp, img.size)
+        if problem:
+            raise DatasetError(f"{dest}: the cached picture was not written completely ({problem}); "
+                               f"a short write, usually a full disk at {dest.parent}: free space "
+                               f"and rerun (it resumes)")
         os.replace(tmp, dest)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"{dest}: cannot write the cached image ({err}); check free space and "
-                           f"permissions of {dest.parent}.") from err
+        raise DatasetError(f"{write_failure(dest, err)}.") from err
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after os.replace; a failed write's leftover otherwise
     return dest.stat().st_size
+
+
+def _written_jpeg_problem(path: Path, size: tuple[int, int]) -> str:
+    """What is wrong with a JPEG just written (``""``: nothing). A writer that stopped early
+    without raising leaves a file that may still open, so check the end marker (which
+    ``LOAD_TRUNCATED_IMAGES``, if another library set it, would not), the size and every pixel."""
+    with open(path, "rb") as fh:
+        length = fh.seek(0, os.SEEK_END)
+        fh.seek(max(length - 2, 0))
+        if fh.read(2) != b"\xff\xd9":
+            return f"{length} bytes without the JPEG end marker"
+    try:
+        with Image.open(path) as img:
+            if img.size != size:
+                return f"{img.size[0]}x{img.size[1]} pixels instead of {size[0]}x{size[1]}"
+            img.load()
+    except Exception as err:  # noqa: BLE001 - whatever Pillow says, the file is not usable
+        return f"{type(err).__name__}: {err}"
+    return ""

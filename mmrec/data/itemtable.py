@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ class ImageOptions:
         retries: extra attempts per URL on timeouts / 5xx.
         min_size: smallest accepted side in pixels (smaller = ``too_small``, masked).
         max_side: images are resized so their longer side is at most this.
+        max_pixels: largest width x height decoded (bounds memory; larger = ``too_large``).
+        max_failure_share: the stage fails (with counts and the command that retries) when
+            more than this share of the items with an image URL get no usable picture.
     """
 
     enabled: bool = True
@@ -45,15 +48,29 @@ class ImageOptions:
     retries: int = 2
     min_size: int = 32
     max_side: int = 256
+    max_pixels: int = 16_000_000
+    max_failure_share: float = 0.5
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The options that define the stage's output (its key). The threshold only accepts or
+        rejects an output, and max_pixels at its default changes nothing: leaving them out
+        keeps datasets prepared before these keys existed from re-running every stage."""
+        out = asdict(self)
+        out.pop("max_failure_share")
+        if self.max_pixels == next(f.default for f in fields(self) if f.name == "max_pixels"):
+            out.pop("max_pixels")
+        return out
 
 
-def run_image_stage(root: Path, options: ImageOptions, progress: bool = True) -> dict:
+def run_image_stage(root: Path, options: ImageOptions, progress: bool = True,
+                    local_dir: str | os.PathLike | None = None) -> dict:
     """Fetch/validate/cache the images of ``work/items.parquet`` (its ``image_urls`` column:
     JSON lists of candidates) into ``root/images``; write ``root/work/images.parquet`` (one row
-    per item: status, url, path, error). Returns status counts for the summary."""
+    per item: status, url, path, error). Returns status counts for the summary.
+
+    ``local_dir``: the folder of a source configured as local, whose files may be candidates
+    (else http(s) URLs only). Raises :class:`DatasetError` when the failure share is over
+    ``options.max_failure_share`` (after writing the report, so a rerun retries the failures)."""
     root = Path(root)
     items = pd.read_parquet(root / "work" / "items.parquet", columns=["item", "image_urls"])
     requests = [(int(i), json.loads(u)) for i, u in zip(items["item"], items["image_urls"])]
@@ -64,12 +81,17 @@ def run_image_stage(root: Path, options: ImageOptions, progress: bool = True) ->
 
         report = fetch_images(list(requests), root / "images", workers=options.workers,
                               timeout=options.timeout, retries=options.retries,
-                              min_size=options.min_size, max_side=options.max_side, progress=progress)
+                              min_size=options.min_size, max_side=options.max_side,
+                              max_pixels=options.max_pixels, local_dir=local_dir, progress=progress)
     else:
         report = pd.DataFrame({"item": [r[0] for r in requests], "status": "disabled", "url": "",
                                "path": "", "bytes": 0, "error": ""})
     report = report.sort_values("item").reset_index(drop=True)
     atomic_parquet(report, out)
+    if options.enabled:
+        from mmrec.data.images import check_failure_share
+
+        check_failure_share(report, options.max_failure_share, out)
     counts = report["status"].value_counts().to_dict()
     return {"images_ok": int(report["path"].astype(bool).sum()),
             "images_missing": int((~report["path"].astype(bool)).sum()),

@@ -123,7 +123,8 @@ class MovieLens100kSource:
                 "no_poster": int((items["image_urls"] == "[]").sum())}
 
     def _images(self, root: Path) -> dict:
-        return run_image_stage(root, self.images, progress=self.progress)
+        # the posters are local files of the configured source folder: the only ones read
+        return run_image_stage(root, self.images, progress=self.progress, local_dir=self.path)
 
     def _tables(self, root: Path) -> dict:
         rule = {"rule": "given", "detail": "x_label of ml100k.inter (MMRec split)"}
