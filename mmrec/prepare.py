@@ -22,7 +22,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.data.prepared import is_prepared, read_manifest, write_manifest
+from mmrec.data.prepared import (DatasetError, declare_expected, expecting, is_complete, read_manifest,
+                                 store_damage, unregister_feature)
 from mmrec.data.stages import Stage, format_summary, run_stages
 
 log = logging.getLogger(__name__)
@@ -46,42 +47,93 @@ def feature_stages(root: Path, modality_encoder_cfg: DictConfig | None, overwrit
     return stages
 
 
-def _expect_features(root: Path, modalities: list[str]) -> dict:
-    """Record in the manifest which feature stores this preparation will produce, so training
-    refuses a dataset whose feature extraction did not finish."""
-    manifest = read_manifest(root)
-    manifest["expected_features"] = modalities
-    write_manifest(root, manifest)
-    return {"expected_features": ",".join(modalities) or "none"}
+def _command(cfg: DictConfig) -> str:
+    """The command line that prepares this dataset (from Hydra's choices under the CLI)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choices = HydraConfig.get().runtime.choices
+        args = [f"dataset={choices.get('dataset')}", f"modality_encoder={choices.get('modality_encoder')}"]
+    except ValueError:  # prepare(cfg) called without @hydra.main (tests, notebooks)
+        args = [f"dataset.root={cfg.dataset.root}"]
+    return " ".join(["python -m mmrec.prepare", *args])
+
+
+def _tables_check(root: Path) -> str | None:
+    """Why a finished tables stage must run again: its manifest is gone or unreadable."""
+    try:
+        read_manifest(root)
+    except DatasetError as err:
+        return str(err).split(";")[0]
+    return None
+
+
+def _feature_check(root: Path, modality: str) -> str | None:
+    """Why a finished feature stage must run again: its store is unregistered, gone or damaged
+    (then it is unregistered and deleted here, so the stage starts from an empty store)."""
+    try:
+        entry = read_manifest(root).get("features", {}).get(modality)
+    except DatasetError as err:
+        return str(err).split(";")[0]
+    if entry is None:
+        return f"features/{modality} is not registered in manifest.json"
+    problem = store_damage(root, entry)
+    if problem is not None:
+        unregister_feature(root, modality)
+        return f"{entry['path']}/data.mdb is {problem}"
+    return None
 
 
 def prepare(cfg: DictConfig) -> list[dict]:
-    """Prepare ``cfg.dataset`` (its ``source``) into ``cfg.dataset.root``; returns the stage records."""
+    """Prepare ``cfg.dataset`` (its ``source``) into ``cfg.dataset.root``; returns the stage records.
+
+    The tables stage also records in the manifest which feature stores complete the dataset
+    and the command that finishes it, so a reader of a half-prepared folder can say both.
+    """
     root = Path(cfg.dataset.root)
     source = instantiate(cfg.dataset.source)
     opts = cfg.prepare
+    command = _command(cfg)
     if not hasattr(source, "stages"):  # single-step sources (demo generator, MMRec import)
         def single_step() -> dict:
-            if is_prepared(root) and "tables" not in (opts.force or []):
+            if is_complete(root) and "tables" not in (opts.force or []):
                 return {"existing": "already prepared"}  # e.g. by a training run
-            source.prepare(root)
+            source.prepare(root)  # resumes a half-written dataset (feature stores resume)
+            declare_expected(root, read_manifest(root).get("expected_features", []), command)
             return {}
 
-        stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))}, single_step)]
+        stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))}, single_step,
+                        check=lambda: None if is_complete(root) else "the dataset is incomplete")]
         makes_features = bool(getattr(source, "makes_features", False))
     else:
         stages = list(source.stages(root))
         makes_features = False
     modality_encoder_cfg = None if makes_features or not opts.features else cfg.get("modality_encoder")
     extra = feature_stages(root, modality_encoder_cfg, bool(opts.overwrite_features), bool(opts.progress))
-    if extra:
+    if hasattr(source, "stages"):
         modalities = [s.name.removeprefix("features_") for s in extra]
-        stages.append(Stage("expect", {"modalities": modalities}, lambda: _expect_features(root, modalities)))
-        stages.extend(extra)
+        stages = [_declaring(stage, root, modalities, command) if stage.name == "tables" else stage
+                  for stage in stages]
+    for stage in extra:
+        stage.check = lambda m=stage.name.removeprefix("features_"): _feature_check(root, m)
+    stages.extend(extra)
     records = run_stages(root, stages, force=list(opts.force or []), until=opts.until)
     summary = {"root": str(root), "stages": records}
     (root / "prepare_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return records
+
+
+def _declaring(tables: Stage, root: Path, modalities: list[str], command: str) -> Stage:
+    """The tables stage of a staged source, declaring the feature stores to come in the same
+    manifest write that makes the tables readable (so no reader sees tables without them)."""
+    def run() -> dict:
+        with expecting(modalities):
+            summary = tables.run()
+        declare_expected(root, modalities, command)
+        return {**summary, "expected_features": ",".join(modalities) or "none"}
+
+    return Stage(tables.name, {**tables.params, "expected_features": modalities}, run,
+                 check=lambda: _tables_check(root))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")

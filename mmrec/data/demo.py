@@ -210,6 +210,6 @@ class DemoSource:
         write_prepared(root, name="demo", interactions=interactions, items=items, users=users,
                        split_rule={"rule": "random_8_1_1_per_user", "cold_items": self.cold_item_share,
                                    "seed": self.seed},
-                       source=self.describe())
+                       source=self.describe(), expected_features=["image", "text"])
         extract_images(root, "image", PixelProjectionEncoder(dim=self.feature_dim, seed=self.seed))
         return extract_texts(root, "text", HashedBowEncoder(dim=self.feature_dim, seed=self.seed))

@@ -14,22 +14,29 @@ A prepared dataset is a folder::
 
 ``manifest.json`` records the format version, counts, the split rule, one entry per
 feature store (path, dim, dtype, modality_encoder id, weights_hash, count, missing, seconds,
-items_per_s; datasets prepared before the modality-encoder rename record the id as
-``encoder``, read by :func:`feature_modality_encoder`), optionally ``expected_features``
-(written by ``mmrec.prepare`` before its feature stages, so training refuses a half-extracted
-dataset) and a SHA-256 per table file,
-which :func:`load_prepared` verifies, so a truncated or edited file is caught before
+items_per_s, and the store's ``num_items``, ``bytes`` and ``sha256`` of its ``data.mdb``;
+datasets prepared before the modality-encoder rename record the id as ``encoder``, read by
+:func:`feature_modality_encoder`), a SHA-256 per table file, and what a complete dataset
+contains: ``expected_features`` (the stores its producer will write, declared with the tables,
+before any store) and ``complete`` (true once every expected store is registered; recomputed on
+every manifest write, so the write that registers the last store is the one that completes
+it). ``prepare_command`` is the command that repairs an unfinished dataset (it resumes).
+:func:`load_prepared` verifies the table checksums and :meth:`PreparedDataset.feature_store`
+each store against its entry, so a truncated, edited or half-written file is caught before
 training rather than producing quietly wrong numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,7 +65,47 @@ def _atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` atomically, with ``complete`` recomputed from what it records."""
+    manifest["complete"] = not unfinished_features(manifest)
     _atomic_write_bytes(Path(root) / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+
+def unfinished_features(manifest: dict) -> list[str]:
+    """The expected feature stores a manifest does not register yet (``[]`` = complete)."""
+    registered = manifest.get("features", {})
+    return [m for m in manifest.get("expected_features", []) if m not in registered]
+
+
+def repair_command(manifest: dict) -> str:
+    """The command that finishes (or redoes) the preparation of a dataset; it resumes."""
+    return manifest.get("prepare_command") or f"python -m mmrec.prepare dataset={manifest.get('name', '<name>')}"
+
+
+_EXPECTED: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("expected_features",
+                                                                                default=None)
+
+
+@contextlib.contextmanager
+def expecting(features: Sequence[str]):
+    """Within this block, :func:`write_prepared` declares ``features`` as expected when its
+    caller (a source's tables stage, which does not know the feature stages that follow) does
+    not say; so the manifest that makes the tables readable already says they are coming."""
+    token = _EXPECTED.set(tuple(features))
+    try:
+        yield
+    finally:
+        _EXPECTED.reset(token)
+
+
+def declare_expected(root: str | os.PathLike, features: Sequence[str], command: str | None = None) -> dict:
+    """Record which feature stores a complete ``root`` holds (and the command that makes
+    them); until each is registered the dataset reads as unfinished."""
+    manifest = read_manifest(root)
+    manifest["expected_features"] = list(features)
+    if command:
+        manifest["prepare_command"] = command
+    write_manifest(Path(root), manifest)
+    return manifest
 
 
 def read_manifest(root: Path) -> dict:
@@ -79,7 +126,16 @@ def read_manifest(root: Path) -> dict:
 
 
 def is_prepared(root: str | os.PathLike) -> bool:
+    """A manifest exists (the tables are written; the features may not be: see :func:`is_complete`)."""
     return (Path(root) / "manifest.json").exists()
+
+
+def is_complete(root: str | os.PathLike) -> bool:
+    """A readable manifest whose expected feature stores are all registered and present."""
+    try:
+        return not unfinished_features(read_manifest(root)) and not damaged_features(root)
+    except DatasetError:
+        return False
 
 
 def write_prepared(
@@ -91,14 +147,19 @@ def write_prepared(
     users: pd.DataFrame,
     split_rule: dict,
     source: dict,
+    expected_features: Sequence[str] | None = None,
 ) -> dict:
     """Validate and write the tables, then the manifest (last). Returns the manifest.
 
-    Existing features in ``root/features`` are kept; an existing manifest is replaced only
-    once every table has been written completely.
+    ``expected_features``: the feature stores the producer writes next (the dataset reads as
+    unfinished until each is registered); None keeps those of an existing manifest. Existing
+    features in ``root/features`` are kept; an existing manifest is replaced only once every
+    table has been written completely.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if expected_features is None:
+        expected_features = _EXPECTED.get()
     interactions = _normalise_interactions(interactions)
     items = _normalise_items(items)
     users = _normalise_users(users)
@@ -117,24 +178,40 @@ def write_prepared(
         "num_interactions": {s: int(counts.get(code, 0)) for s, code in SPLITS.items()},
         "split": split_rule,
         "features": {},
+        "expected_features": list(expected_features or []),
         "files": {fname: sha256_file(root / fname) for fname in TABLES},
     }
     old = root / "manifest.json"
     if old.exists():
         try:
-            manifest["features"] = json.loads(old.read_text()).get("features", {})
+            previous = json.loads(old.read_text())
         except json.JSONDecodeError:
-            pass
+            previous = {}
+        manifest["features"] = previous.get("features", {})
+        for key in ("prepare_command",) + (("expected_features",) if expected_features is None else ()):
+            if key in previous:
+                manifest[key] = previous[key]
     write_manifest(root, manifest)
     return manifest
 
 
 def register_feature(root: str | os.PathLike, name: str, entry: dict) -> dict:
     """Add/replace one feature entry (path, dim, dtype, modality_encoder, weights_hash, count,
-    missing, seconds, items_per_s) in the manifest."""
+    missing, seconds, items_per_s) in the manifest, with the store's fingerprint (its
+    ``num_items``, and ``bytes`` and ``sha256`` of ``data.mdb``) taken now that it is closed."""
+    from mmrec.features.store import FeatureStore
+
     root = Path(root)
     manifest = read_manifest(root)
-    manifest["features"][name] = entry
+    store = FeatureStore(root / entry["path"])
+    try:
+        if store.dim != entry["dim"] or store.dtype != entry["dtype"]:
+            raise DatasetError(f"{store.path}: holds dim={store.dim} {store.dtype} but is registered as "
+                               f"dim={entry['dim']} {entry['dtype']}; extract it again.")
+        fingerprint = {"num_items": store.num_items, **store.fingerprint()}
+    finally:
+        store.close()
+    manifest["features"][name] = {**entry, **fingerprint}
     write_manifest(root, manifest)
     return manifest
 
@@ -215,6 +292,7 @@ class PreparedDataset:
     items: pd.DataFrame
     users: pd.DataFrame
     feature_entries: dict = field(default_factory=dict)
+    verify: bool = True  # check each feature store's SHA-256 when it is opened
 
     @property
     def name(self) -> str:
@@ -242,12 +320,66 @@ class PreparedDataset:
         return path if path.is_file() else None
 
     def feature_store(self, name: str):
-        from mmrec.features.store import FeatureStore
+        """Open feature store ``name``, verified against its manifest entry and this dataset:
+        size of ``data.mdb`` (always: reading a truncated LMDB file kills the process with
+        SIGBUS), SHA-256 (with ``verify``), dim, dtype and item count."""
+        from mmrec.features.store import FeatureStore, FeatureStoreError
 
         if name not in self.feature_entries:
             raise DatasetError(f"{self.root}: no feature '{name}' in manifest.json (available: "
-                               f"{sorted(self.feature_entries) or 'none'}); extract it first.")
-        return FeatureStore(self.root / self.feature_entries[name]["path"])
+                               f"{sorted(self.feature_entries) or 'none'}); extract it with "
+                               f"`{repair_command(self.manifest)}`.")
+        entry = self.feature_entries[name]
+        path = self.root / entry["path"]
+        repair = f"run `{repair_command(self.manifest)}` again: it extracts the store anew"
+        problem = store_damage(self.root, entry)
+        if problem is None and self.verify and "sha256" in entry \
+                and sha256_file(path / "data.mdb") != entry["sha256"]:
+            problem = "its SHA-256 differs from manifest.json (the file changed after extraction)"
+        if problem is not None:
+            raise DatasetError(f"{path}/data.mdb: {problem}; {repair}.")
+        try:
+            store = FeatureStore(path)
+        except FeatureStoreError as err:
+            raise DatasetError(f"{err} ({repair})") from err
+        for key, have in (("dim", store.dim), ("dtype", store.dtype), ("num_items", self.num_items)):
+            want = store.num_items if key == "num_items" else entry.get(key, have)
+            if want != have:
+                store.close()
+                raise DatasetError(f"{path}: {key}={want!r} in the store, but "
+                                   f"{'the dataset has' if key == 'num_items' else 'manifest.json records'} "
+                                   f"{have!r}; {repair}.")
+        return store
+
+
+def store_damage(root: Path, entry: dict) -> str | None:
+    """Why a registered feature store cannot be read (missing ``data.mdb``, a size other than
+    the one recorded at registration), or None; cheap: no file is read."""
+    data = Path(root) / entry["path"] / "data.mdb"
+    if not data.is_file():
+        return "missing (the store is registered in manifest.json)"
+    size = data.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        return f"{size} bytes, manifest.json records {entry['bytes']} (truncated or changed after extraction)"
+    return None
+
+
+def damaged_features(root: str | os.PathLike) -> dict[str, str]:
+    """``{name: problem}`` of the registered feature stores :func:`store_damage` finds unreadable."""
+    manifest = read_manifest(root)
+    found = {name: store_damage(Path(root), entry) for name, entry in manifest.get("features", {}).items()}
+    return {name: problem for name, problem in found.items() if problem is not None}
+
+
+def unregister_feature(root: str | os.PathLike, name: str) -> None:
+    """Drop feature ``name`` from the manifest, then delete its store (in this order: a crash
+    in between leaves a store nobody reads, never a registered store that is gone)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    entry = manifest.get("features", {}).pop(name, None)
+    write_manifest(root, manifest)
+    if entry is not None:
+        shutil.rmtree(root / entry["path"], ignore_errors=True)
 
 
 def load_prepared(root: str | os.PathLike, verify: bool = True) -> PreparedDataset:
@@ -270,7 +402,7 @@ def load_prepared(root: str | os.PathLike, verify: bool = True) -> PreparedDatas
                                f"again.") from err
     ds = PreparedDataset(root=root, manifest=manifest, interactions=tables["interactions.parquet"],
                          items=tables["items.parquet"], users=tables["users.parquet"],
-                         feature_entries=dict(manifest.get("features", {})))
+                         feature_entries=dict(manifest.get("features", {})), verify=verify)
     if len(ds.users) != ds.num_users or len(ds.items) != ds.num_items:
         raise DatasetError(f"{root}/manifest.json: counts ({ds.num_users} users, {ds.num_items} items) "
                            f"disagree with the tables ({len(ds.users)}, {len(ds.items)}).")

@@ -5,7 +5,8 @@ A stage is a name, the parameters that define its output and a function that pro
 that output under the dataset folder and returns a summary (counts for the final table).
 Its *key* is a hash of its parameters and the key of the stage before it, recorded in
 ``<root>/work/stages.json`` once the stage has finished; a stage whose recorded key matches
-is skipped. Forcing a stage (or changing its parameters) re-runs it and every stage after
+is skipped, unless its ``check`` finds its output gone or damaged (a deleted ``manifest.json``,
+a removed feature store): then it runs again, and everything after it. Forcing a stage (or changing its parameters) re-runs it and every stage after
 it (their records are dropped before it starts, so an interrupted or partial run never
 leaves a later stage marked finished on top of new inputs).
 """
@@ -31,6 +32,9 @@ class Stage:
     name: str
     params: dict
     run: Callable[[], dict]
+    # why the output of a finished run is no longer usable (None: it is); only called when
+    # the stage would be skipped
+    check: Callable[[], str | None] | None = None
 
 
 def _key(params: dict, previous: str) -> str:
@@ -72,7 +76,11 @@ def run_stages(root: str | Path, stages: Sequence[Stage], force: Sequence[str] =
         key = _key(stage.params, previous)
         previous = key
         done = state.get(stage.name)
-        if not dirty and done and done.get("key") == key and stage.name not in force:
+        finished = not dirty and done and done.get("key") == key and stage.name not in force
+        lost = stage.check() if finished and stage.check is not None else None
+        if lost:
+            log.warning("stage %-12s finished before, but %s: running it again", stage.name, lost)
+        if finished and not lost:
             log.info("stage %-12s skipped (finished %s)", stage.name, done.get("finished", "?"))
             records.append({"stage": stage.name, "status": "skipped", "seconds": done.get("seconds", 0.0),
                             "summary": done.get("summary", {})})

@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.items import ItemSets
-from mmrec.data.prepared import DatasetError, PreparedDataset, is_prepared, load_prepared, read_manifest
+from mmrec.data.prepared import (DatasetError, PreparedDataset, damaged_features, is_complete, is_prepared,
+                                 load_prepared, read_manifest, repair_command, unfinished_features,
+                                 unregister_feature)
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 
@@ -58,6 +60,21 @@ class _UserDataset(Dataset):
         return self.users[torch.as_tensor(indices, dtype=torch.long)]
 
 
+def _usable(ds: PreparedDataset, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bulk()`` of feature store ``name``, refused when no item has a vector (every input
+    failed, e.g. an image server that was down): content from it would be zeros."""
+    store = ds.feature_store(name)
+    try:
+        values, mask = store.bulk()
+    finally:
+        store.close()
+    if not bool(mask.any()):
+        raise DatasetError(f"{store.path}: no item has a '{name}' vector (all {len(mask)} missing); fix its "
+                           f"inputs and run `{repair_command(ds.manifest)}` again (it redoes changed items), "
+                           f"or train without it: dataset.features=[...].")
+    return values, mask
+
+
 class RecDataModule(L.LightningDataModule):
     """Serves one prepared dataset.
 
@@ -89,8 +106,20 @@ class RecDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if is_prepared(self.root):
             self._check_source_matches()
-            return
-        if self.source is None:
+            if is_complete(self.root):
+                return
+            manifest = read_manifest(self.root)
+            damaged = damaged_features(self.root)
+            detail = "; ".join([f"feature stores {unfinished_features(manifest)} never finished"]
+                               * bool(unfinished_features(manifest))
+                               + [f"features/{name}: {why}" for name, why in sorted(damaged.items())])
+            if self.source is None or hasattr(self.source, "stages"):
+                raise DatasetError(f"{self.root}: the dataset is incomplete ({detail}); run "
+                                   f"`{repair_command(manifest)}` (it resumes), then train.")
+            log.warning("%s: the dataset is incomplete (%s); preparing it again (it resumes)", self.root, detail)
+            for name in damaged:
+                unregister_feature(self.root, name)
+        elif self.source is None:
             raise DatasetError(f"{self.root}: not a prepared dataset and no source configured to "
                                f"prepare it.")
         if hasattr(self.source, "stages"):  # real sources: tables, images and features, offline
@@ -120,10 +149,10 @@ class RecDataModule(L.LightningDataModule):
             return
         start = time.time()
         ds = load_prepared(self.root, verify=self.verify)
-        unfinished = [m for m in ds.manifest.get("expected_features", []) if m not in ds.feature_entries]
+        unfinished = unfinished_features(ds.manifest)
         if unfinished and self.feature_names is None:
             raise DatasetError(f"{self.root}: feature extraction of {unfinished} did not finish; run "
-                               f"`python -m mmrec.prepare` for this dataset again (it resumes), or pass "
+                               f"`{repair_command(ds.manifest)}` (it resumes), or pass "
                                f"dataset.features=[...] with the modalities you want.")
         self.dataset = ds
         u, i = ds.num_users, ds.num_items
@@ -135,7 +164,7 @@ class RecDataModule(L.LightningDataModule):
         self.test_matrix = InteractionMatrix(*ds.split("test"), u, i)
         self.graph = BipartiteGraph(self.train_matrix, self.item_sets)
         names = list(ds.feature_entries) if self.feature_names is None else self.feature_names
-        self.features = FeatureSet({name: ds.feature_store(name).bulk() for name in names})
+        self.features = FeatureSet({name: _usable(ds, name) for name in names})
         train_users, train_items = ds.split("train")
         self._train_pairs = _PairDataset(torch.as_tensor(train_users), torch.as_tensor(train_items))
         log.info("Loaded %s: %d users, %d items, %d/%d/%d train/valid/test interactions, "
