@@ -15,6 +15,7 @@ from mmrec.features.extract import encode_images, encode_texts
 from mmrec.features.modality_encoders import ModalityEncoderSet
 from mmrec.features.simple import HashedBowEncoder, PixelProjectionEncoder
 from mmrec.features.store import FeatureStore, FeatureStoreError
+from mmrec.utils.files import sha256_file
 
 N_ITEMS = 23
 NO_REF, ABSENT, CORRUPT, EMPTY_TEXT = 2, 5, 11, 7  # items whose image / text cannot be encoded
@@ -77,7 +78,10 @@ def test_images_manifest_entry_and_missing(tmp_path):
     manifest = extract_images(tmp_path, "image", enc, batch_size=4, dtype="float32")
     entry = manifest["features"]["image"]
     assert list(entry) == ["path", "dim", "dtype", "modality_encoder", "weights_hash", "count", "missing",
-                           "seconds", "items_per_s"]
+                           "seconds", "items_per_s", "num_items", "bytes", "sha256"]
+    data = tmp_path / "features" / "image.lmdb" / "data.mdb"
+    assert (entry["num_items"], entry["bytes"]) == (N_ITEMS, data.stat().st_size)
+    assert entry["sha256"] == sha256_file(data)
     assert entry["path"] == "features/image.lmdb" and entry["dim"] == 16 and entry["dtype"] == "float32"
     assert entry["modality_encoder"] == enc.encoder_id and entry["weights_hash"] == enc.weights_hash
     assert (entry["count"], entry["missing"]) == (N_ITEMS - 3, 3)
@@ -169,7 +173,7 @@ def test_store_level_functions_take_inputs_and_a_store_path(tmp_path):
                           dtype="float32")
     assert (stats["count"], stats["missing"]) == (N_ITEMS - 3, 3)
     entry = extract_images(tmp_path / "ds", "image", enc, batch_size=4, dtype="float32")["features"]["image"]
-    volatile = ("path", "seconds", "items_per_s")
+    volatile = ("path", "seconds", "items_per_s", "num_items", "bytes", "sha256")  # the last three: the store's fingerprint
     assert {k: v for k, v in stats.items() if k not in volatile} == \
         {k: v for k, v in entry.items() if k not in volatile}
     store = FeatureStore(tmp_path / "img.lmdb")

@@ -11,6 +11,7 @@ weights_hash, count, missing, seconds, items_per_s``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,9 +20,12 @@ import numpy as np
 import pandas as pd
 
 from mmrec.data.prepared import (DatasetError, feature_modality_encoder, load_prepared, read_manifest,
-                                 register_feature, write_manifest)
+                                 register_feature, store_damage, unregister_feature, write_manifest)
 from mmrec.features.extract import encode_images, encode_texts
 from mmrec.features.modality_encoders import ModalityEncoderSet
+from mmrec.features.store import FeatureStore, FeatureStoreError
+
+log = logging.getLogger(__name__)
 
 
 def item_texts(items: pd.DataFrame) -> np.ndarray:
@@ -105,6 +109,18 @@ def extract_modality(root: Path, modality: str, modality_encoders: ModalityEncod
             raise DatasetError(f"{root}: features/{modality}.lmdb was extracted with {stored!r}, not "
                                f"{enc.encoder_id!r}. Pass prepare.overwrite_features=true to replace it, "
                                f"or prepare into another folder (dataset.root=...).")
+    entry = read_manifest(root).get("features", {}).get(modality)
+    problem = store_damage(root, entry) if entry is not None else None
+    if problem is None and entry is None and (path / "data.mdb").exists():
+        try:  # an unregistered store from an interrupted run is resumed, unless it is damaged
+            FeatureStore(path).close()
+        except FeatureStoreError as err:
+            problem = str(err)
+    if problem is not None:
+        log.warning("%s: %s; extracting it anew", path, problem)
+        unregister_feature(root, modality)
+        shutil.rmtree(path, ignore_errors=True)
+        stored = None
     if overwrite and path.exists() and stored != enc.encoder_id:
         manifest = read_manifest(root)
         manifest.get("features", {}).pop(modality, None)

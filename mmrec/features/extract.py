@@ -15,7 +15,10 @@ data layer's part (:mod:`mmrec.data.features_stage`).
 * An input that cannot be used (no image reference, unreadable or corrupt file, empty
   text) is recorded as *missing* in the store, never as a zero vector.
 * A restarted extraction skips the items already in the store (vectors and recorded
-  missing alike), so an interrupted job resumes where it stopped.
+  missing alike) *that were computed from the same input*: each entry is stored with a
+  digest of its input (the text; the image reference with the file's size and mtime), so an
+  interrupted job resumes where it stopped, and an item whose text changed or whose image
+  has been fetched since is encoded again.
 
 Both return ``dim, dtype, modality_encoder, weights_hash, count, missing, seconds,
 items_per_s``; ``seconds`` and ``items_per_s`` are those of the run that completed the store
@@ -24,7 +27,9 @@ items_per_s``; ``seconds`` and ``items_per_s`` are those of the run that complet
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -111,7 +116,31 @@ def _count(path: Path) -> tuple[int, int]:
         store.close()
 
 
-def _run(path: Path, modality_encoder, num_items: int, dtype: str, progress: bool | None,
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def text_digests(texts: Sequence[str] | np.ndarray) -> np.ndarray:
+    """``[n] S16`` digest of each item's text (the input of its text vector)."""
+    return np.asarray([_digest(str(t)) for t in texts], dtype="S16")
+
+
+def image_digests(root: Path, refs: Sequence[str] | np.ndarray) -> np.ndarray:
+    """``[n] S16`` digest of each item's image input: the reference and, when it names a file
+    that exists, its size and mtime (so a file fetched, replaced or removed since counts as a
+    new input without reading every image)."""
+    out = []
+    for ref in refs:
+        ref = str(ref)
+        try:
+            st = os.stat(Path(ref) if Path(ref).is_absolute() else Path(root) / ref) if ref else None
+        except OSError:
+            st = None
+        out.append(_digest(f"{ref}\0{st.st_size}\0{st.st_mtime_ns}" if st else f"{ref}\0absent"))
+    return np.asarray(out, dtype="S16")
+
+
+def _run(path: Path, modality_encoder, num_items: int, dtype: str, progress: bool | None, digests: np.ndarray,
          batches: Callable[[np.ndarray], Iterator[tuple[np.ndarray, object, np.ndarray]]],
          encode: Callable[[object], torch.Tensor]) -> dict:
     """Shared loop: open/resume the store, encode the batches of not-yet-done ids, count."""
@@ -122,9 +151,10 @@ def _run(path: Path, modality_encoder, num_items: int, dtype: str, progress: boo
     with FeatureStore.create(path, dim=modality_encoder.dim, num_items=num_items,
                              modality_encoder=modality_encoder.encoder_id, dtype=dtype,
                              extra={"weights_hash": weights_hash}) as writer:
-        todo = np.setdiff1d(np.arange(num_items), writer.done_ids())
+        todo = np.setdiff1d(np.arange(num_items), writer.done_ids(digests))
         if len(todo) < num_items:
-            log.info("%s: resuming, %d of %d items already stored", path, num_items - len(todo), num_items)
+            log.info("%s: resuming, %d of %d items already stored from the same input", path,
+                     num_items - len(todo), num_items)
         bar = tqdm(total=len(todo), desc=f"{path.stem} ({modality_encoder.modality})", unit="item",
                    unit_scale=True, disable=not _show_progress(progress), dynamic_ncols=True)
         unusable: list[int] = []
@@ -134,9 +164,9 @@ def _run(path: Path, modality_encoder, num_items: int, dtype: str, progress: boo
                 for ids, inputs, ok in stream:
                     if ok.any():
                         vectors = encode(inputs)  # [ok.sum(), dim]
-                        writer.put_many(ids[ok], vectors.detach().float().cpu())
+                        writer.put_many(ids[ok], vectors.detach().float().cpu(), digests[ids[ok]])
                         del vectors
-                    writer.put_missing(ids[~ok])
+                    writer.put_missing(ids[~ok], digests[ids[~ok]])
                     unusable.extend(ids[~ok][: max(0, 5 - len(unusable))].tolist())
                     processed += len(ids)
                     bar.update(len(ids))
@@ -194,7 +224,7 @@ def encode_images(path: str | Path, refs: Sequence[str] | np.ndarray, modality_e
     def encode(images) -> torch.Tensor:
         return enc.encode_tensor(images) if preprocess is not None else enc(images)
 
-    return _run(Path(path), enc, len(refs), dtype, progress, batches, encode)
+    return _run(Path(path), enc, len(refs), dtype, progress, image_digests(image_root, refs), batches, encode)
 
 
 def encode_texts(path: str | Path, texts: Sequence[str] | np.ndarray, modality_encoder, batch_size: int = 256,
@@ -212,4 +242,5 @@ def encode_texts(path: str | Path, texts: Sequence[str] | np.ndarray, modality_e
             ok = np.array([bool(t) for t in batch], dtype=bool)
             yield ids, [str(t) for t in batch[ok]], ok
 
-    return _run(Path(path), modality_encoder, len(texts), dtype, progress, batches, modality_encoder)
+    return _run(Path(path), modality_encoder, len(texts), dtype, progress, text_digests(texts), batches,
+                modality_encoder)

@@ -9,6 +9,9 @@ Layout of ``<name>.lmdb`` (an LMDB directory):
 * ``meta`` sub-database: ``b"meta"`` -> JSON with ``dim``, ``dtype``, ``modality_encoder``
   (the id of the modality encoder that wrote the vectors; stores written before the rename
   call it ``encoder``, which is still read), ``num_items`` (and free-form ``extra``).
+* ``inputs`` sub-database: key = item index, value = a digest of the input the item's entry
+  was computed from (its text; its image reference and file size / mtime), so a resumed
+  extraction redoes exactly the items whose input changed (:meth:`FeatureStoreWriter.done_ids`).
 * ``blocks`` sub-database (a read cache written when a writer closes on a *complete* store,
   every item stored or recorded missing): key = block index (8-byte big-endian), value =
   ``BLOCK_ROWS`` consecutive rows (missing rows zero-filled); ``meta[b"blocks"]`` holds the
@@ -17,7 +20,13 @@ Layout of ``<name>.lmdb`` (an LMDB directory):
 
 Writes happen in batched transactions (:meth:`FeatureStoreWriter.put_many`); each batch
 commits atomically, so an interrupted extraction leaves a consistent store, and
-:meth:`FeatureStoreWriter.done_ids` tells a restarted job which items to skip.
+:meth:`FeatureStoreWriter.done_ids` tells a restarted job which items to skip. A write that
+fails (disk full, I/O error) raises :class:`FeatureStoreError` naming the store: what was
+committed before stays, and a rerun resumes.
+
+Opening checks that ``data.mdb`` is as long as LMDB's own meta page says (a truncated file
+would otherwise kill the reading process with SIGBUS); reads refuse non-finite values, naming
+the item.
 
 Reads open the environment lazily, read-only and with ``lock=False``; the handle is
 tied to the process that opened it, so a store handed to DataLoader workers (fork or
@@ -26,18 +35,23 @@ spawn) reopens in each worker instead of sharing a handle across ``fork``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import lmdb
 import numpy as np
 import torch
 
+from mmrec.utils.files import sha256_file
+
 _ITEMS_DB = b"items"
 _META_DB = b"meta"
 _BLOCKS_DB = b"blocks"
+_INPUTS_DB = b"inputs"
+_MAX_DBS = 4
 _META_KEY = b"meta"
 _BLOCKS_KEY = b"blocks"
 BLOCK_ROWS = 4096
@@ -59,6 +73,41 @@ def _keys(ids: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in raw]
 
 
+def _write_failure(path: Path, err: Exception) -> "FeatureStoreError":
+    """A failed LMDB write as an error that says where and what to do (the committed part stays)."""
+    if isinstance(err, lmdb.MapFullError):
+        return FeatureStoreError(f"{path}: the store's map is full ({err}); delete the store and extract "
+                                 f"again (please report this: the map size is computed from the item count).")
+    return FeatureStoreError(f"disk full or write error at {path} ({err}): free space (or fix the "
+                             f"disk) and rerun; the extraction resumes after the last committed batch.")
+
+
+def _digests(inputs: Sequence[bytes] | np.ndarray) -> np.ndarray:
+    """Input digests as a fixed-width bytes array ``[n] S16`` (compared without a Python loop)."""
+    return np.asarray(inputs, dtype="S16")
+
+
+def _open_checked(path: Path) -> lmdb.Environment:
+    """Open a store read-only after checking that ``data.mdb`` is as long as LMDB needs.
+
+    Pages past the end of a truncated file are mapped but unbacked: touching one is SIGBUS,
+    which no exception handler sees. LMDB's meta page (read at open, inside the file) names
+    the last page in use; the file must reach it.
+    """
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=_MAX_DBS, readahead=False, subdir=True)
+    except lmdb.Error as err:
+        raise FeatureStoreError(f"{path}: not a readable LMDB store ({err}); it is corrupt or truncated: "
+                                f"delete it and extract it again.") from err
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < need:
+        env.close()
+        raise FeatureStoreError(f"{path}/data.mdb: truncated ({size} bytes, its LMDB header needs {need}); "
+                                f"delete the store and extract it again.")
+    return env
+
+
 def _upgrade_meta(meta: dict) -> dict:
     """Meta of a store written before the modality-encoder rename: ``encoder`` -> ``modality_encoder``."""
     if "modality_encoder" not in meta and "encoder" in meta:
@@ -78,21 +127,27 @@ class FeatureStoreWriter:
     def __init__(self, path: Path, meta: dict):
         self.path = Path(path)
         self.meta = meta
+        if (self.path / "data.mdb").exists():  # resuming: refuse a truncated file before mapping it
+            _open_checked(self.path).close()
         self.dim = int(meta["dim"])
         self.np_dtype = _DTYPES[meta["dtype"]]
         self.num_items = int(meta["num_items"])
-        self._env = lmdb.open(
-            str(self.path),
-            map_size=_map_size(self.num_items, self.dim, np.dtype(self.np_dtype).itemsize),
-            max_dbs=3,
-            subdir=True,
-            sync=True,
-        )
-        self._meta_db = self._env.open_db(_META_DB)
-        self._items_db = self._env.open_db(_ITEMS_DB)
-        self._blocks_db = self._env.open_db(_BLOCKS_DB)
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=_map_size(self.num_items, self.dim, np.dtype(self.np_dtype).itemsize),
+                max_dbs=_MAX_DBS,
+                subdir=True,
+                sync=True,
+            )
+            self._meta_db = self._env.open_db(_META_DB)
+            self._items_db = self._env.open_db(_ITEMS_DB)
+            self._blocks_db = self._env.open_db(_BLOCKS_DB)
+            self._inputs_db = self._env.open_db(_INPUTS_DB)
+        except lmdb.Error as err:
+            raise _write_failure(self.path, err) from err
         self._blocks_dropped = False
-        with self._env.begin(write=True) as txn:
+        with self._write() as txn:
             stored = txn.get(_META_KEY, db=self._meta_db)
             if stored is None:
                 txn.put(_META_KEY, json.dumps(meta).encode(), db=self._meta_db)
@@ -106,16 +161,47 @@ class FeatureStoreWriter:
                             f"point the job at another path."
                         )
 
-    def done_ids(self) -> np.ndarray:
-        """Item indices already written (vectors and recorded-missing alike), sorted."""
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction whose failure (ENOSPC, EIO, ...) names the store and the next step."""
+        try:
+            with self._env.begin(write=True) as txn:
+                yield txn
+        except lmdb.Error as err:
+            raise _write_failure(self.path, err) from err
+
+    def done_ids(self, inputs: Sequence[bytes] | np.ndarray | None = None) -> np.ndarray:
+        """Item indices already written (vectors and recorded-missing alike), sorted.
+
+        ``inputs``: ``[num_items]`` digests of the items' current inputs; then only the items
+        whose entry was written from the same input count as done (a changed text, a newly
+        fetched image, or an entry written without a digest are done again).
+        """
         with self._env.begin() as txn:
             keys = list(txn.cursor(db=self._items_db).iternext(keys=True, values=False))
+            stored = list(txn.cursor(db=self._inputs_db).iternext()) if inputs is not None else []
         if not keys:
             return np.zeros(0, dtype=np.int64)
-        return np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
+        done = np.frombuffer(b"".join(keys), dtype=">u8").astype(np.int64)
+        if inputs is None:
+            return done
+        current = _digests(inputs)
+        if len(current) != self.num_items:
+            raise FeatureStoreError(f"{self.path}: {len(current)} input digests for {self.num_items} items")
+        recorded = np.zeros(self.num_items, dtype="S16")  # b"" = none recorded
+        if stored:
+            ids = np.frombuffer(b"".join(k for k, _ in stored), dtype=">u8").astype(np.int64)
+            recorded[ids] = _digests([v for _, v in stored])
+        return done[recorded[done] == current[done]]
 
-    def put_many(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray | torch.Tensor) -> None:
-        """Write ``vectors[j]`` for item ``ids[j]`` in one transaction."""
+    def _put_inputs(self, txn: lmdb.Transaction, keys: list[bytes], inputs) -> None:
+        if inputs is not None:
+            txn.cursor(db=self._inputs_db).putmulti(list(zip(keys, _digests(inputs).tolist())), overwrite=True)
+
+    def put_many(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray | torch.Tensor,
+                 inputs: Sequence[bytes] | np.ndarray | None = None) -> None:
+        """Write ``vectors[j]`` for item ``ids[j]`` in one transaction (``inputs[j]``: the
+        digest of its input, see :meth:`done_ids`)."""
         ids = np.asarray(ids, dtype=np.int64)
         if isinstance(vectors, torch.Tensor):
             vectors = vectors.detach().cpu().numpy()
@@ -131,26 +217,30 @@ class FeatureStoreWriter:
         data = np.ascontiguousarray(vectors.astype(self.np_dtype, copy=False))
         rowbytes = self.dim * data.itemsize
         buf = data.tobytes()
-        items = [(k, buf[j * rowbytes:(j + 1) * rowbytes]) for j, k in enumerate(_keys(ids))]
+        keys = _keys(ids)
+        items = [(k, buf[j * rowbytes:(j + 1) * rowbytes]) for j, k in enumerate(keys)]
         self._drop_blocks()
-        with self._env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.cursor(db=self._items_db).putmulti(items, overwrite=True)
+            self._put_inputs(txn, keys, inputs)
 
-    def put_missing(self, ids: Iterable[int]) -> None:
+    def put_missing(self, ids: Iterable[int], inputs: Sequence[bytes] | np.ndarray | None = None) -> None:
         """Record items whose input could not be encoded (empty value = missing)."""
         ids = np.asarray(list(ids), dtype=np.int64)
         if ids.size == 0:
             return
         self._check_ids(ids)
         self._drop_blocks()
-        with self._env.begin(write=True) as txn:
-            txn.cursor(db=self._items_db).putmulti([(k, b"") for k in _keys(ids)], overwrite=True)
+        keys = _keys(ids)
+        with self._write() as txn:
+            txn.cursor(db=self._items_db).putmulti([(k, b"") for k in keys], overwrite=True)
+            self._put_inputs(txn, keys, inputs)
 
     def _drop_blocks(self) -> None:
         """Remove the block cache before the first write of this session (it would go stale)."""
         if self._blocks_dropped:
             return
-        with self._env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.drop(self._blocks_db, delete=False)
             txn.delete(_BLOCKS_KEY, db=self._meta_db)
         self._blocks_dropped = True
@@ -177,7 +267,7 @@ class FeatureStoreWriter:
                         block[j * rowbytes:(j + 1) * rowbytes] = value
                         mask[start + j] = True
                 blocks.append((_key(start // BLOCK_ROWS), bytes(block)))
-        with self._env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.cursor(db=self._blocks_db).putmulti(blocks, overwrite=True)
             txn.put(_BLOCKS_KEY, json.dumps({"rows": BLOCK_ROWS, "present": int(mask.sum())}).encode()
                     + b"\n" + np.packbits(mask).tobytes(), db=self._meta_db)
@@ -190,9 +280,13 @@ class FeatureStoreWriter:
             )
 
     def close(self) -> None:
-        self._write_blocks()
-        self._env.sync()
-        self._env.close()
+        try:
+            self._write_blocks()
+            self._env.sync()
+        except lmdb.Error as err:
+            raise _write_failure(self.path, err) from err
+        finally:
+            self._env.close()
 
     def __enter__(self) -> "FeatureStoreWriter":
         return self
@@ -257,9 +351,13 @@ class FeatureStore:
                 # registry would refuse a second open of the path. Closing the child's copy
                 # (read-only, lock-free) unmaps only the child's view; the parent keeps its own.
                 self._env.close()
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, max_dbs=3,
-                                  readahead=False, subdir=True)
-            self._db = self._env.open_db(_ITEMS_DB, create=False)
+            env = _open_checked(self.path)
+            self._env = env
+            try:
+                self._db = env.open_db(_ITEMS_DB, create=False)
+            except lmdb.Error as err:
+                raise FeatureStoreError(f"{self.path}: store has no item table ({err}); it is corrupt or "
+                                        f"not an mmrec feature store: extract it again.") from err
             self._pid = pid
         return self._env
 
@@ -275,6 +373,20 @@ class FeatureStore:
         if raw is None:
             raise FeatureStoreError(f"{self.path}: store has no metadata; re-extract it.")
         return _upgrade_meta(json.loads(raw))
+
+    def fingerprint(self) -> dict:
+        """``{"bytes", "sha256"}`` of ``data.mdb``, recorded when a store is registered."""
+        data = self.path / "data.mdb"
+        return {"bytes": data.stat().st_size, "sha256": sha256_file(data)}
+
+    def _check_finite(self, values: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Refuse NaN / inf rows (flipped bytes on disk), naming the first such item."""
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            first = int(bad[0] if ids is None else ids[bad[0]])
+            raise FeatureStoreError(f"{self.path}: non-finite values in the vector of item {first} "
+                                    f"({bad.size} items in all); the store is damaged: extract it again.")
 
     def close(self) -> None:
         if self._env is not None and self._pid == os.getpid():
@@ -304,6 +416,7 @@ class FeatureStore:
         out = np.zeros((len(values), self.dim), dtype=np.float32)
         if mask.any():
             present = np.frombuffer(b"".join(values), dtype=self._np_dtype).reshape(-1, self.dim)
+            self._check_finite(present, ids[mask])
             out[mask] = present
         return torch.from_numpy(out), torch.from_numpy(mask)
 
@@ -360,6 +473,7 @@ class FeatureStore:
         if offset != self.num_items * rowbytes:
             return None
         mask = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), count=self.num_items).astype(bool)
+        self._check_finite(arr)
         out_dtype = dtype or _TORCH_DTYPES[self._np_dtype]
         return torch.from_numpy(arr).to(out_dtype), torch.from_numpy(mask)
 
