@@ -32,6 +32,7 @@ import os
 import re
 import statistics
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -276,6 +277,7 @@ def runs_frame(runs: Sequence[Run], extra_keys: Sequence[str] | None = None) -> 
             row[key] = "-" if value is None else str(value)
         row["optimized_metric"] = run.optimized_metric
         row.update({k: float(v) for k, v in run.metrics.items()})
+        row["finished"] = (run.path / "metrics.json").stat().st_mtime  # newest copy of a seed wins
         row.update({"best_epoch": run.record.get("best_epoch"), "epochs_trained": run.record.get("epochs_trained"),
                     "s_per_epoch": _median_after_first(perf.get("train_epoch_s")),
                     "s_per_val": _median_after_first(perf.get("val_s")),
@@ -316,24 +318,43 @@ def _metric_sort_key(name: str) -> tuple:
             order.index(metric) if metric in order else len(order), metric, int(k) if k.isdigit() else 0)
 
 
+def distinct_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a :func:`runs_frame` table into one run per (configuration, seed), the most
+    recently finished, and the other copies (a resume that re-evaluated an old checkpoint,
+    the same trial run twice): a mean over copies of one seed is not a mean over seeds, and
+    their std is zero by construction."""
+    keys = config_columns(runs) + ["seed"]
+    order = runs.sort_values("finished", kind="stable") if "finished" in runs else runs
+    dup = order.duplicated(keys, keep="last")
+    kept, copies = order[~dup].sort_index(), order[dup].sort_index()
+    kept.attrs, copies.attrs = dict(runs.attrs), dict(runs.attrs)
+    return kept, copies
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration of a :func:`runs_frame` table.
 
-    Columns: the configuration columns, ``n_seeds`` (runs averaged), ``seeds``, then for every
-    metric and perf figure its mean (column named like the metric) and sample standard
-    deviation (``<name>_std``; NaN for a single run), and ``best``: True on the row with the
-    highest mean optimised validation metric of each dataset. Rows sorted by configuration.
+    Columns: the configuration columns, ``n_seeds`` (distinct seeds averaged), ``seeds``,
+    ``duplicates`` (further runs of an already counted seed, left out: see
+    :func:`distinct_seeds`), then for every metric and perf figure its mean (column named like
+    the metric) and sample standard deviation over the seeds (``<name>_std``; NaN for a single
+    seed), and ``best``: True on the row with the highest mean optimised validation metric of
+    each dataset. Rows sorted by configuration.
     """
     if runs.empty:
         raise ReportError("no runs to summarise")
     keys = config_columns(runs)
     values = [c for c in metric_columns(runs) + list(PERF_COLUMNS) if c in runs.columns]
+    kept, copies = distinct_seeds(runs)
+    n_copies = copies.groupby(keys, dropna=False).size() if not copies.empty else None
     rows = []
-    for config, members in runs.groupby(keys, sort=True, dropna=False):
+    for config, members in kept.groupby(keys, sort=True, dropna=False):
         config = config if isinstance(config, tuple) else (config,)
         row: dict[str, Any] = dict(zip(keys, config))
         row["n_seeds"] = len(members)
         row["seeds"] = " ".join(str(s) for s in sorted(members["seed"].tolist(), key=str))
+        row["duplicates"] = int(n_copies.get(config if len(keys) > 1 else config[0], 0)) \
+            if n_copies is not None else 0
         for col in values:
             series = pd.to_numeric(members[col], errors="coerce").dropna()
             row[col] = float(series.mean()) if len(series) else math.nan
@@ -347,7 +368,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         metric = part["optimized_metric"].mode().iloc[0]
         if metric in part and part[metric].notna().any():
             summary.loc[part[metric].idxmax(), "best"] = True
-    ordered = keys + ["n_seeds", "seeds", "best", "optimized_metric"]
+    ordered = keys + ["n_seeds", "seeds", "duplicates", "best", "optimized_metric"]
     ordered += [c for v in values for c in (v, f"{v}_std")]
     summary = summary[ordered]
     summary.attrs["config_columns"] = keys
@@ -382,7 +403,8 @@ def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = DEFAULT_TABLE_ME
     header = keys + ["seeds"] + [_short(m) for m in shown] + [p.replace("_", " ") for p in perf] + ["best on val"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
-        cells = [format_setting(row[k]) for k in keys] + [str(row["n_seeds"])]
+        dups = int(row.get("duplicates", 0) or 0)
+        cells = [format_setting(row[k]) for k in keys] + [f"{row['n_seeds']}" + (f" (+{dups} duplicate)" if dups else "")]
         cells += [format_mean_std(row[m], row[f"{m}_std"]) for m in shown]
         cells += [format_mean_std(row[p], row[f"{p}_std"], 1 if p.endswith("epoch") else 2) for p in perf]
         cells.append(f"**\\* ({_short(row['optimized_metric'])})**" if row["best"] else "")
@@ -444,29 +466,42 @@ def curves_frame(runs: pd.DataFrame, metric: str = "val/recall@20") -> pd.DataFr
         curve = read_curves(row["run"], metric, None if pd.isna(epochs) else int(epochs))
         if curve.empty:
             continue
-        for key in keys + ["seed", "run"]:
-            curve[key] = row[key]
+        for key in keys + ["seed", "run", "best_epoch"]:
+            curve[key] = row.get(key)
         curve["label"] = labels.loc[idx]
         parts.append(curve)
     if not parts:
-        return pd.DataFrame(columns=keys + ["seed", "run", "label", "epoch", "value"])
+        return pd.DataFrame(columns=keys + ["seed", "run", "best_epoch", "label", "epoch", "value"])
     return pd.concat(parts, ignore_index=True)
 
 
+LABEL_WIDTH = 28  # characters per legend / tick label line
+
+
 def configuration_labels(frame: pd.DataFrame) -> pd.Series:
-    """A short legend label per row: the configuration columns that vary in ``frame``
-    (``model`` alone when nothing varies)."""
+    """A short label per row, wrapped to :data:`LABEL_WIDTH`: the base columns that vary in
+    ``frame`` (``model`` alone when none does), then each other setting that differs among the
+    rows of the same dataset / model / fusion / sampler, where the row has it (``key=value``,
+    last part of the key). A setting one model lacks (``-``) never appears."""
     keys = config_columns(frame)
-    varying = [k for k in keys if frame[k].astype(str).nunique() > 1] or ["model"]
+    base = [k for k in keys if k in BASE_COLUMNS]
+    varying = [k for k in base if frame[k].astype(str).nunique() > 1] or ["model"]
+    group = frame[base].astype(str).agg("/".join, axis=1) if base else pd.Series("", index=frame.index)
+    extra = {k: frame.groupby(group)[k].transform(lambda col: col.astype(str).nunique() > 1)
+             for k in keys if k not in BASE_COLUMNS}
 
     def label(row: pd.Series) -> str:
-        parts = []
-        for key in varying:
-            value = format_setting(row[key])
-            parts.append(value if key in BASE_COLUMNS else f"{key.rsplit('.', 1)[-1]}={value}")
-        return " / ".join(parts)
+        parts = [format_setting(row[k]) for k in varying]
+        parts += [f"{k.rsplit('.', 1)[-1]}={format_setting(row[k])}" for k, differs in extra.items()
+                  if bool(differs.loc[row.name]) and str(row[k]) != "-"]
+        return textwrap.fill(" / ".join(parts), LABEL_WIDTH, break_on_hyphens=False)
 
     return frame.apply(label, axis=1)
+
+
+def _legend_outside(ax) -> None:
+    """A legend right of the axes (the constrained layout makes room), never over the data."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _new_figure(width: float = 7.0, height: float = 4.5) -> "Figure":
@@ -477,8 +512,9 @@ def _new_figure(width: float = 7.0, height: float = 4.5) -> "Figure":
 
 
 def plot_curves(curves: pd.DataFrame, metric: str = "val/recall@20") -> "Figure":
-    """``metric`` per epoch, one line per configuration (mean over seeds, band = min..max)."""
-    fig = _new_figure()
+    """``metric`` per epoch, one line per configuration (mean over seeds, band = min..max), each
+    run's selected epoch (best on validation) marked with a star on its own curve."""
+    fig = _new_figure(9.0, 4.5)
     ax = fig.add_subplot()
     if curves.empty:
         ax.text(0.5, 0.5, "no per-epoch CSV logs (logger=csv) in these runs", ha="center", va="center",
@@ -488,15 +524,18 @@ def plot_curves(curves: pd.DataFrame, metric: str = "val/recall@20") -> "Figure"
         line, = ax.plot(stats.index, stats["mean"], label=str(label), marker="." if len(stats) < 30 else None)
         if part["seed"].nunique() > 1:
             ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2, color=line.get_color())
+        best = part[part["epoch"] == pd.to_numeric(part["best_epoch"], errors="coerce")]
+        ax.scatter(best["epoch"], best["value"], marker="*", s=110, color=line.get_color(), edgecolor="black",
+                   linewidths=0.5, zorder=3)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0-based)")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch (mean over seeds; band: min-max)")
+    ax.set_title(f"{metric} per epoch (mean over seeds; band: min-max; star: selected epoch)")
     ax.grid(alpha=0.3)
     if not curves.empty:
-        ax.legend(fontsize="small")
+        _legend_outside(ax)
     return fig
 
 
@@ -518,7 +557,7 @@ def plot_recall_at_k(summary: pd.DataFrame, metric: str = "recall") -> "Figure":
     """``metric@K`` against K (every K in metrics.json), validation and test side by side,
     one line per configuration, error bars = std over seeds."""
     data = recall_at_k_frame(summary, metric)
-    fig = _new_figure(10, 4.5)
+    fig = _new_figure(12, 4.5)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, split in zip(axes, ("val", "test")):
         part = data[data["split"] == split]
@@ -533,7 +572,7 @@ def plot_recall_at_k(summary: pd.DataFrame, metric: str = "recall") -> "Figure":
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric}@K (mean ± std over seeds)")
     if not data.empty:
-        axes[-1].legend(fontsize="small")
+        _legend_outside(axes[-1])
     return fig
 
 
@@ -550,12 +589,21 @@ def plot_warm_cold(summary: pd.DataFrame, metric: str = "recall@20", split: str 
         if col not in summary.columns:
             continue
         xs = [i + (g - 1) * width for i in range(len(labels))]
-        ax.bar(xs, summary[col], width, yerr=summary[f"{col}_std"].fillna(0.0), capsize=3, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize="small")
+        values = summary[col].to_numpy(dtype=float)
+        ax.bar(xs, values, width, yerr=summary[f"{col}_std"].fillna(0.0), capsize=3, label=name, color=f"C{g}")
+        if name == "cold items":  # an empty bar would read as "not measured"
+            exposure = summary.get(f"{split}/cold_exposure@20")
+            for i, x in enumerate(xs):
+                shown = None if exposure is None else exposure.iloc[i]
+                if math.isnan(values[i]) or (values[i] == 0 and (shown is None or shown == 0)):
+                    ax.annotate("cannot score" if not math.isnan(values[i]) else "no cold items", (x, 0),
+                                textcoords="offset points", xytext=(0, 3), rotation=90, ha="center",
+                                va="bottom", fontsize="x-small", color=f"C{g}")
+    ax.set_xticks(range(len(labels)), labels, fontsize="small")
     ax.set_ylabel(f"{split} {metric}")
     ax.set_title(f"{split} {metric}: all vs warm vs cold items")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     return fig
 
 
@@ -599,6 +647,13 @@ def plot_accuracy_vs_beyond(summary: pd.DataFrame, accuracy: str = "recall@20", 
 # --------------------------------------------------------------------------------------
 # Writing a report
 # --------------------------------------------------------------------------------------
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -629,6 +684,12 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
             f"{len(runs)} finished runs, {len(summary)} configurations; mean ± std over seeds "
             f"(sample std); best on validation per dataset marked (never chosen on test).", "",
             to_markdown(summary, metrics)]
+    _, copies = distinct_seeds(runs)
+    if not copies.empty:
+        text += ["", f"Left out as further runs of a seed already counted (same configuration and seed; the most "
+                     f"recently finished run is used): {', '.join(_relative(p, root) for p in copies['run'])}"]
+        log.warning("%d runs repeat a configuration and seed already counted and are left out of the means: %s",
+                    len(copies), ", ".join(_relative(p, root) for p in copies["run"]))
     if missing:
         text += ["", f"Job folders without metrics.json (failed, killed or still running): "
                      f"{', '.join(str(p.relative_to(root)) for p in missing)}"]

@@ -153,8 +153,8 @@ def test_curves_drop_post_fit_rows(sweep):
     assert curve["epoch"].tolist() == [0, 1, 2]  # the post-fit validation (epoch 3) is not a training epoch
     runs = report.runs_frame(report.find_runs(root))
     curves = report.curves_frame(runs)
-    assert set(curves["label"]) == {"lightgcn / none / lr=0.001", "vbpr / concat / lr=0.001",
-                                    "lightgcn / none / lr=0.01"}  # the columns that vary
+    assert set(curves["label"]) == {"lightgcn / none / lr=0.001", "vbpr / concat",
+                                    "lightgcn / none / lr=0.01"}  # the settings that vary within a model
     assert len(curves) == 3 * len(runs)
 
 
@@ -211,3 +211,60 @@ def test_cli(sweep, tmp_path, capsys):
     assert "val R@20" in capsys.readouterr().out
     assert report.main([str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_copies_of_one_seed_count_once_and_are_listed(tmp_path):
+    """A resume that re-evaluated an old checkpoint, or a trial run twice, is not another seed."""
+    root = tmp_path / "runs"
+    fake_run(root / "a", "lightgcn", 0, 0.30, 0.28)
+    fake_run(root / "b", "lightgcn", 1, 0.32, 0.27)
+    fake_run(root / "c", "lightgcn", 1, 0.10, 0.10)  # a second run of seed 1, finished last
+    fake_run(root / "d", "vbpr", 42, 0.25, 0.26)
+    fake_run(root / "e", "vbpr", 42, 0.25, 0.26)  # the same trial twice
+    import os
+    for n, name in enumerate("abcde"):
+        os.utime(root / name / "metrics.json", (1000 + n, 1000 + n))
+    summary = report.summarize(report.runs_frame(report.find_runs(root))).set_index("model")
+    assert summary.loc["lightgcn", "n_seeds"] == 2 and summary.loc["lightgcn", "duplicates"] == 1
+    assert summary.loc["lightgcn", "val/recall@20"] == pytest.approx((0.30 + 0.10) / 2)  # newest copy of seed 1
+    assert summary.loc["vbpr", "n_seeds"] == 1 and math.isnan(summary.loc["vbpr", "val/recall@20_std"])  # no 0.0 std
+    files = report.write_report(root, plots=False)
+    text = files["summary_md"].read_text()
+    assert "| 1 (+1 duplicate) |" in text and "Left out as further runs of a seed already counted" in text
+    assert "b" in text.split("Left out")[1] and "d" in text.split("Left out")[1]
+
+
+def test_labels_show_only_settings_that_differ_within_a_model_and_wrap(tmp_path):
+    frame = pd.DataFrame({"dataset": ["demo"] * 3, "model": ["lightgcn", "lightgcn", "grcn"],
+                          "fusion": ["none", "none", "late"], "sampler": ["uniform"] * 3,
+                          "model.optimizer.lr": ["0.001", "0.01", "0.001"],
+                          "model.encoder.start_method": ["-", "-", "spawn"]})
+    frame.attrs["config_columns"] = list(frame.columns)
+    labels = report.configuration_labels(frame).tolist()
+    assert labels[0].replace("\n", " ") == "lightgcn / none / lr=0.001"
+    assert labels[2].replace("\n", " ") == "grcn / late"  # start_method does not vary within grcn; '-' never shown
+    assert all(len(line) <= report.LABEL_WIDTH for label in labels for line in label.split("\n"))
+
+
+def test_curves_mark_the_selected_epoch_and_legends_sit_outside(sweep):
+    root, _ = sweep
+    runs = report.runs_frame(report.find_runs(root))
+    fig = report.plot_curves(report.curves_frame(runs))
+    ax = fig.axes[0]
+    from matplotlib.collections import PathCollection
+
+    stars = [c for c in ax.collections if isinstance(c, PathCollection)]
+    epochs = sorted(x for c in stars for x, _ in c.get_offsets())
+    assert epochs == [2.0] * len(runs)  # best_epoch of every fake run is its last (2)
+    legend = ax.get_legend()
+    fig.canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # right of the axes, not over the data
+
+
+def test_empty_cold_bars_say_cannot_score(sweep):
+    root, _ = sweep
+    summary = report.summarize(report.runs_frame(report.find_runs(root)))
+    summary.loc[summary["model"] == "lightgcn", "test/cold/recall@20"] = 0.0
+    fig = report.plot_warm_cold(summary)
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    assert notes.count("cannot score") == int((summary["model"] == "lightgcn").sum())
