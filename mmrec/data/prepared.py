@@ -3,7 +3,7 @@
 A prepared dataset is a folder::
 
     <root>/
-      manifest.json          written last: its presence marks a complete dataset
+      manifest.json          written after the tables; "complete" once every declared store is in
       interactions.parquet   user:int64 item:int64 rating:float32 timestamp:int64 split:int8
                              (split 0 = train, 1 = valid, 2 = test)
       items.parquet          item:int64 raw_id:str title:str text:str image:str
