@@ -1,0 +1,84 @@
+"""Every import of the package is declared in pyproject.toml (a static check: the modules are
+parsed, not imported, so an optional path that a test never reaches is checked too)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared(*extras: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in extras:
+        specs += project["optional-dependencies"][extra]
+    return {_canonical(re.split(r"[\s<>=!~\[;]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def _imported(folder: Path) -> dict[str, str]:
+    """Top-level module -> first file:line importing it (absolute imports only)."""
+    found: dict[str, str] = {}
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                found.setdefault(name.split(".")[0], f"{where}:{node.lineno}")
+    return found
+
+
+def _undeclared(folder: Path, declared: set[str], local: set[str]) -> list[str]:
+    owners = importlib.metadata.packages_distributions()
+    problems = []
+    for module, where in sorted(_imported(folder).items()):
+        if module in sys.stdlib_module_names or module in local:
+            continue
+        dists = owners.get(module)
+        if not dists:
+            problems.append(f"{where}: imports {module!r}, which no installed distribution provides")
+        elif not any(_canonical(d) in declared for d in dists):
+            problems.append(f"{where}: imports {module!r} from {dists}, not declared in pyproject.toml")
+    return problems
+
+
+def test_package_imports_are_declared_dependencies():
+    assert _undeclared(ROOT / "mmrec", _declared(), {"mmrec"}) == []
+
+
+def test_test_imports_are_declared_with_the_dev_extra():
+    local = {"mmrec", "conftest", "httpserver"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+    assert _undeclared(ROOT / "tests", _declared("dev"), local) == []
+
+
+def test_the_check_finds_an_undeclared_import(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n    import yaml\n")
+    problems = _undeclared(tmp_path, {"torch"}, set())
+    assert len(problems) == 1 and "imports 'yaml' from ['PyYAML']" in problems[0]
+
+
+@pytest.mark.parametrize("command", [["jupyter", "nbconvert", "--version"]])
+def test_the_readme_notebook_command_is_installed(command):
+    """README: `jupyter nbconvert --to notebook --execute notebooks/results.ipynb`."""
+    import subprocess
+
+    exe = Path(sys.executable).parent / command[0]
+    proc = subprocess.run([str(exe), *command[1:]], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
