@@ -70,11 +70,13 @@ def wandb_records(run_dir: Path):
 
 
 def wandb_run_contents(run_dir: Path) -> dict:
-    """Group, config, history keys, final summary and artifact files of an offline run."""
+    """Group, config, history keys, final summary and artifact files of an offline run, and
+    whether the file holds the run's exit record (``complete``): W&B writes the file's last
+    block only when the run's stream is closed, so a file without it was read too early."""
     def key(item) -> str:
         return "/".join(item.nested_key) if item.nested_key else item.key
 
-    out = {"group": None, "config": {}, "history": set(), "summary": {}, "artifact_files": []}
+    out = {"group": None, "config": {}, "history": set(), "summary": {}, "artifact_files": [], "complete": False}
     for record in wandb_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -86,6 +88,8 @@ def wandb_run_contents(run_dir: Path) -> dict:
             out["summary"].update({key(u): json.loads(u.value_json) for u in record.summary.update})
         elif kind == "artifact":
             out["artifact_files"] += [e.path for e in record.artifact.manifest.contents]
+        elif kind == "exit":
+            out["complete"] = True
     return out
 
 
@@ -221,11 +225,12 @@ def test_wandb_run_has_config_history_test_summary_and_recommendation_table(make
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = make_cfg(["logger=wandb", "trainer.max_epochs=2", "callbacks.wandb_recommendations.num_users=3",
                     "callbacks.wandb_recommendations.k=5"])
-    run(cfg)
+    run(cfg)  # returns only once the W&B service has closed (flushed) the run file
     out = Path(cfg.paths.output_dir)
     record = metrics_of(out)
     (run_dir,) = list((out / "wandb").glob("offline-run-*"))
     contents = wandb_run_contents(run_dir)
+    assert contents["complete"], "run file without its exit record: read before W&B finished writing it"
     assert contents["group"] == "train"  # a single run: the task name
     assert contents["config"]["model"]["encoder"]["_target_"] == "mmrec.models.LightGCN"  # the whole config
     assert contents["config"]["seed"] == cfg.seed

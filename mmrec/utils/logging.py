@@ -80,13 +80,24 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", group: str | N
 
 
 def finish_wandb() -> None:
-    """Close any open W&B run (called in ``finally`` so a crashed job does not poison the next)."""
+    """Close any open W&B run (called in ``finally`` so a crashed job does not poison the next)
+    and return only once its files are complete on disk.
+
+    ``wandb.finish()`` alone is not enough: it waits for the exit record to be *handled*, but
+    the service process (wandb-core) keeps the last, partly filled 32 KiB block of
+    ``run-*.wandb`` in memory and writes it when it closes the run's stream, which it does
+    after a fire-and-forget "finish" message. On a busy machine a reader (``wandb sync``, a
+    test, a report) could open the file before that and see no final summary. Tearing the
+    service down waits for the process to exit, i.e. for every stream to be closed and
+    flushed; the next run starts a fresh service (about 0.25 s).
+    """
     try:
         import wandb
     except ImportError:
         return
     if wandb.run is not None:
         wandb.finish()
+        wandb.teardown()
 
 
 #: Row order of :func:`metrics_table`: headline accuracy first, then the beyond-accuracy metrics.
