@@ -26,18 +26,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmrec.evaluation.evaluator import Evaluator
-from mmrec.fusion import fusion_name
 from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
+from mmrec.utils.config_check import ConfigError, check_config
 from mmrec.utils.logging import finish_wandb, metrics_table
 from mmrec.utils.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A configuration that composes but does not make sense."""
 
 
 def _instantiate_dict(node: DictConfig | None) -> list[Any]:
@@ -49,9 +45,7 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule (prepared and set up), encoder, module, callbacks, loggers and trainer."""
-    if not str(cfg.optimized_metric).startswith("val/"):
-        raise ConfigError(f"optimized_metric={cfg.optimized_metric!r}: model selection must use a "
-                          f"validation metric (val/...), never test.")
+    check_config(cfg)  # value ranges, monitored metric, model/fusion pair: before any data work
     objects = build_module(cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -71,10 +65,6 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
 
     fusion = instantiate(cfg.fusion)
     encoder_cls = get_class(cfg.model.encoder._target_)
-    if fusion_name(fusion) not in encoder_cls.supported_fusions:
-        raise ConfigError(f"model {encoder_cls.__name__} accepts fusion in "
-                          f"{list(encoder_cls.supported_fusions)}, got fusion={fusion_name(fusion)}; "
-                          f"pick one of those with `fusion=<name>`.")
     kwargs: dict[str, Any] = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
     if encoder_cls.uses_content:
         if len(datamodule.features) == 0:
@@ -109,6 +99,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns ``(metrics, objects)``: ``metrics`` holds ``val/...`` and ``test/...`` figures of
     the selected checkpoint plus bookkeeping; ``objects`` the built components.
     """
+    check_config(cfg)  # a bad value fails here, before the run folder is written
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -300,9 +300,13 @@ def test_recommendation_rows_follow_the_evaluation_ranking(make_cfg):
 @pytest.mark.slow
 def test_crashed_job_does_not_stop_the_next_and_wandb_groups_by_sweep(tmp_path, data_dir):
     logs = tmp_path / "logs"
-    proc = train_cli(["-m", "model.optimizer.lr=-1.0,0.001", "logger=wandb", "trainer.max_epochs=1", *QUICK,
+    # job 0 crashes after W&B started: its resume checkpoint exists (so the config check passes)
+    # but is not a checkpoint
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    proc = train_cli(["-m", f"ckpt_path={broken},null", "logger=wandb", "trainer.max_epochs=1", *QUICK,
                       f"paths.data_dir={data_dir}", f"paths.log_dir={logs}"])
-    assert proc.returncode != 0 and "learning rate" in proc.stderr  # the sweep reports the failure
+    assert proc.returncode != 0 and "UnpicklingError" in proc.stderr  # the sweep reports the failure
     (sweep,) = list((logs / "train" / "multiruns").iterdir())
     assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()
     # The summary written after each job survives the failed sweep and names the failed job.

@@ -104,14 +104,20 @@ def test_wandb_offline_run(make_cfg, monkeypatch):
         assert key.encode() in records, key
 
 
-def test_crashed_run_still_closes_wandb(make_cfg, monkeypatch):
+def test_crashed_run_still_closes_wandb(make_cfg, monkeypatch, tmp_path):
+    import pickle
+
     import wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", "/nonexistent")
-    cfg = make_cfg(["logger=wandb", "trainer.max_epochs=1", "model.optimizer.lr=-1.0"])
-    with pytest.raises(ValueError, match="learning rate"):
-        run(cfg)  # Adam refuses lr < 0 after the W&B run has started
+    # a crash no config check can foresee: the resume checkpoint exists but is not one, and is
+    # read by fit() after the W&B run has started
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    cfg = make_cfg(["logger=wandb", "trainer.max_epochs=1", f"ckpt_path={broken}"])
+    with pytest.raises(pickle.UnpicklingError):
+        run(cfg)
     assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")), "W&B never started"
     assert wandb.run is None
 

@@ -1,0 +1,240 @@
+"""Fault injection, bad configs: a value out of range fails at start-up, naming the key, the
+value and the allowed range, before any dataset is prepared or any run folder is written.
+
+Every case runs ``train(cfg)`` on a config whose data and output folders do not exist yet and
+checks that they still do not exist afterwards: the check ran before any data work.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from conftest import compose_cfg
+from mmrec.train import ConfigError, build, train
+from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+from mmrec.utils.config_check import RULES, CheckConfig, check_config
+
+pytestmark = pytest.mark.faults
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _run_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """A training config whose data, log and output folders are fresh (not yet created)."""
+    return compose_cfg([f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'run'}",
+                        f"paths.log_dir={tmp_path / 'logs'}", "trainer.accelerator=cpu", "logger=none",
+                        *overrides])
+
+
+def _assert_nothing_written(tmp_path: Path) -> None:
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [], f"a refused config still wrote {written}"
+
+
+# (overrides, what the message must say: key=value and the allowed range)
+BAD = {
+    "negative l2 weight": (["model.l2_weight=-1"], "model.l2_weight=-1: must be a finite float >= 0"),
+    "NaN l2 weight": (["model.l2_weight=nan"], "model.l2_weight=nan: must be a finite float >= 0"),
+    "zero epochs": (["trainer.max_epochs=0"], "trainer.max_epochs=0: must be an int >= 1"),
+    "epochs as a float": (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5: must be an int >= 1"),
+    "min epochs above max": (["trainer.min_epochs=5", "trainer.max_epochs=2"],
+                             "trainer.min_epochs=5: must be <= trainer.max_epochs=2"),
+    "cut-off 0": (["evaluation.ks=[0]"], "evaluation.ks=[0]: must be a non-empty list of distinct ints >= 1"),
+    "negative cut-off": (["evaluation.ks=[10,-5]"], "evaluation.ks=[10, -5]: must be a non-empty list"),
+    "no cut-offs": (["evaluation.ks=[]"], "evaluation.ks=[]: must be a non-empty list"),
+    "repeated cut-off": (["evaluation.ks=[20,20]"], "evaluation.ks=[20, 20]: must be a non-empty list of distinct"),
+    "zero eval batch": (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0: must be an int >= 1"),
+    "negative batch": (["dataset.batch_size=-256"], "dataset.batch_size=-256: must be an int >= 1"),
+    "negative workers": (["dataset.num_workers=-1"], "dataset.num_workers=-1: must be an int >= 0"),
+    "zero learning rate": (["model.optimizer.lr=0"], "model.optimizer.lr=0: must be a finite float > 0"),
+    "negative learning rate": (["model.optimizer.lr=-1.0"], "model.optimizer.lr=-1.0: must be a finite float > 0"),
+    "zero embedding": (["model.encoder.embedding_dim=0"], "model.encoder.embedding_dim=0: must be an int >= 1"),
+    "negative depth": (["model.encoder.num_layers=-1"], "model.encoder.num_layers=-1: must be an int >= 0"),
+    "GRCN negative depth": (["model=grcn", "model.encoder.num_layers=-2"],
+                            "model.encoder.num_layers=-2: must be an int >= 0"),
+    "FREEDOM drops every edge": (["model=freedom", "model.encoder.edge_dropout=1.0"],
+                                 "model.encoder.edge_dropout=1.0: must be a float in [0, 1)"),
+    "FREEDOM negative graph weight": (["model=freedom", "model.graph_weights.image=-0.1"],
+                                      "model.graph_weights.image=-0.1: must be a finite float >= 0"),
+    "fusion dropout 1": (["model=vbpr", "fusion.dropout=1.0"], "fusion.dropout=1.0: must be a float in [0, 1)"),
+    "zero patience": (["callbacks.early_stopping.patience=0"],
+                      "callbacks.early_stopping.patience=0: must be an int >= 1"),
+    "minimised metric": (["callbacks.model_checkpoint.mode=min"],
+                         "callbacks.model_checkpoint.mode='min': must be one of ['max']"),
+    "negative seed": (["seed=-3"], "seed=-3: must be an int in [0, 4294967295] or null"),
+    "seed too large": (["seed=4294967296"], "seed=4294967296: must be an int in [0, 4294967295]"),
+    "fractional seed": (["seed=1.5"], "seed=1.5: must be an int in [0, 4294967295]"),
+    "test metric selects": (["optimized_metric=test/recall@20"],
+                            "optimized_metric='test/recall@20': model selection must use a validation metric"),
+    "cut-off not evaluated": (["optimized_metric=val/recall@25"],
+                              "optimized_metric='val/recall@25': is not a metric validation reports"),
+    "metric typo": (["optimized_metric=val/recal@20"], "optimized_metric='val/recal@20': is not a metric"),
+    "item group typo": (["optimized_metric=val/wram/recall@20"], "optimized_metric='val/wram/recall@20': is not"),
+    "early stopping on a metric never logged": (["callbacks.early_stopping.monitor=val/ndcg@5"],
+                                                "callbacks.early_stopping.monitor='val/ndcg@5': is not a metric"),
+    "lists mode typo": (["evaluation.lists=always"], "evaluation.lists='always': must be one of"),
+    "zero rank block": (["evaluation.rank_block=0"], "evaluation.rank_block=0: must be an int >= 1 or null"),
+    "fewer candidates than negatives": (["sampler=dns", "sampler.num_negatives=4", "sampler.num_candidates=2"],
+                                        "sampler.num_candidates=2: must be >= sampler.num_negatives=4"),
+    "zero negatives": (["sampler.num_negatives=0"], "sampler.num_negatives=0: must be an int >= 1"),
+    "zero devices": (["trainer.devices=0"], "trainer.devices=0: must be an int >= 1, -1 (every device)"),
+    "accelerator typo": (["trainer.accelerator=gpux"], "trainer.accelerator='gpux': must be one of"),
+    "demo with too few interactions": (["dataset.source.interactions_per_user=2"],
+                                       "dataset.source.interactions_per_user=2: must be an int >= 5"),
+    "demo with every item cold": (["dataset.source.cold_item_share=1.0"],
+                                  "dataset.source.cold_item_share=1.0: must be a float in [0, 1)"),
+    "model/fusion mismatch": (["model=mmgcn", "fusion=concat"],
+                              "model MMGCN accepts fusion in ['late'], got fusion=concat"),
+}
+
+
+@pytest.mark.parametrize("overrides, message", list(BAD.values()), ids=list(BAD))
+def test_bad_value_fails_before_any_data_or_run_folder(tmp_path, overrides, message):
+    cfg = _run_cfg(tmp_path, overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(cfg)
+    _assert_nothing_written(tmp_path)
+
+
+def test_missing_resume_checkpoint_fails_before_any_data(tmp_path):
+    missing = tmp_path / "gone" / "last.ckpt"
+    with pytest.raises(ConfigError, match=re.escape(f"ckpt_path='{missing}': no such checkpoint file")):
+        train(_run_cfg(tmp_path, [f"ckpt_path={missing}"]))
+    _assert_nothing_written(tmp_path)
+
+
+def test_every_bad_value_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        train(_run_cfg(tmp_path, ["model.l2_weight=-1", "trainer.max_epochs=0", "evaluation.ks=[0]",
+                                  "dataset.eval_batch_size=0"]))
+    text = str(err.value)
+    assert text.startswith("4 invalid configuration values")
+    for key in ("model.l2_weight=-1", "trainer.max_epochs=0", "evaluation.ks=[0]", "dataset.eval_batch_size=0"):
+        assert f"  - {key}:" in text, key
+    _assert_nothing_written(tmp_path)
+
+
+def test_build_checks_too(tmp_path):
+    """``build()`` (what tests and notebooks call) refuses before preparing the dataset."""
+    with pytest.raises(ConfigError, match=re.escape("dataset.eval_batch_size=0: must be an int >= 1")):
+        build(_run_cfg(tmp_path, ["dataset.eval_batch_size=0"]))
+    _assert_nothing_written(tmp_path)
+
+
+def test_key_absent_from_a_model_is_not_required():
+    """Rules constrain keys where they exist: pop has no optimiser, LightGCN no edge_dropout."""
+    cfg = compose_cfg(["model=pop"])
+    assert OmegaConf.select(cfg, "model.optimizer") is None and "edge_dropout" not in cfg.model.encoder
+    check_config(cfg)
+
+
+def test_beyond_accuracy_metric_may_drive_selection_only_when_computed_every_validation():
+    with pytest.raises(ConfigError, match=re.escape("optimized_metric='val/coverage@20': is not a metric")):
+        check_config(compose_cfg(["optimized_metric=val/coverage@20"]))  # lists=final: not logged while training
+    check_config(compose_cfg(["optimized_metric=val/coverage@20", "evaluation.lists=every"]))
+
+
+# --------------------------------------------------------------------------------------
+# The command line: Hydra's run folder is not created either
+# --------------------------------------------------------------------------------------
+def test_cli_refuses_before_hydra_creates_the_run_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mmrec.train", "trainer.max_epochs=0", "model.l2_weight=-1",
+                           f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'data'}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "trainer.max_epochs=0: must be an int >= 1" in proc.stderr
+    assert "model.l2_weight=-1: must be a finite float >= 0" in proc.stderr
+    assert "Traceback" not in proc.stderr  # a message, not a stack trace
+    _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("config_name", ["train", "prepare"])
+def test_both_entry_points_check_in_hydra_before_the_run_folder(config_name, capsys):
+    """``mmrec.train`` and ``mmrec.prepare`` share conf/hydra/default.yaml, whose callback
+    checks the composed config in ``on_run_start`` (before Hydra makes the run folder)."""
+    from hydra import compose, initialize_config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=["dataset.source.num_users=0"], return_hydra_config=True)
+    assert cfg.hydra.callbacks.check_config._target_ == "mmrec.utils.config_check.CheckConfig"
+    with pytest.raises(SystemExit) as err:
+        CheckConfig().on_run_start(config=cfg)
+    assert err.value.code == 1
+    assert "dataset.source.num_users=0: must be an int >= 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# The shipped configs pass, and the rule table names real keys
+# --------------------------------------------------------------------------------------
+def _shipped_overrides() -> list[list[str]]:
+    """Every choice of every group test_configs composes, plus experiments and searches, each
+    with the settings it needs (required keys; the model a fusion belongs to)."""
+    from hydra.utils import get_class
+
+    fusion_model = {}
+    for model in _choices("model"):
+        target = OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml").model.encoder._target_
+        for fusion in get_class(target).supported_fusions:
+            fusion_model.setdefault(fusion, model)
+    required = {"mmrec": ["dataset.source.path=/x", "dataset.source.name=y"],
+                "amazon2023": ["dataset.source.category=All_Beauty"]}
+    out = []
+    for group in ("dataset", "model", "fusion", "sampler", "trainer", "logger", "callbacks", "experiment",
+                  "hparams_search"):
+        for choice in _choices(group):
+            if group == "hparams_search" and choice == "optuna":
+                continue  # the shared base of the *_optuna searches, not selectable alone
+            extra = required.get(choice, []) if group == "dataset" else []
+            if group == "fusion":
+                extra = [f"model={fusion_model[choice]}"]
+            out.append([f"{group}={choice}", *extra])
+    return out
+
+
+SHIPPED = _shipped_overrides()
+
+
+@pytest.fixture(scope="module")
+def shipped_cfgs() -> list[DictConfig]:
+    return [compose_cfg(o) for o in SHIPPED]
+
+
+def test_every_shipped_config_passes(shipped_cfgs):
+    for overrides, cfg in zip(SHIPPED, shipped_cfgs):
+        check_config(cfg)  # raises, naming the key, if a shipped default were out of range
+
+
+def test_test_suite_settings_pass():
+    """The quick settings every training test uses (conftest's make_cfg) are valid too."""
+    from conftest import SMALL_DEMO
+
+    check_config(compose_cfg(SMALL_DEMO + ["trainer.max_epochs=2", "trainer.accelerator=cpu",
+                                           "+trainer.enable_progress_bar=false", "+trainer.fast_dev_run=true"]))
+
+
+#: Rules for keys no shipped config sets, only a user with ``+key=value``.
+ADDED_BY_USERS = {"model.optimizer.weight_decay"}
+
+
+def test_every_rule_names_a_key_of_some_shipped_config(shipped_cfgs):
+    """A renamed key must not leave its rule checking nothing."""
+    def present(pattern: str) -> bool:
+        head, star, _ = pattern.partition(".*")
+        for cfg in shipped_cfgs:
+            node = OmegaConf.select(cfg, head, default="<absent>")
+            if node != "<absent>" and (not star or isinstance(node, DictConfig)):
+                return True
+        return False
+
+    missing = [key for key in RULES if key not in ADDED_BY_USERS and not present(key)]
+    assert not missing, f"rules for keys no shipped config has: {missing}"
