@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmrec.data.prepared import (DatasetError, declare_expected, expecting, is_complete, read_manifest,
                                  store_damage, unregister_feature)
 from mmrec.data.stages import Stage, format_summary, run_stages
+from mmrec.utils.config_check import check_config
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def prepare(cfg: DictConfig) -> list[dict]:
     The tables stage also records in the manifest which feature stores complete the dataset
     and the command that finishes it, so a reader of a half-prepared folder can say both.
     """
+    check_config(cfg)  # also from Python, not only behind the command line's Hydra callback
     root = Path(cfg.dataset.root)
     source = instantiate(cfg.dataset.source)
     opts = cfg.prepare

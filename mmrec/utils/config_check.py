@@ -155,6 +155,8 @@ RULES: dict[str, Spec] = {
     "dataset.source.images.retries": NON_NEGATIVE,
     "dataset.source.images.min_size": POSITIVE,
     "dataset.source.images.max_side": POSITIVE,
+    "dataset.source.images.max_pixels": POSITIVE,
+    "dataset.source.images.max_failure_share": SHARE,
     # model: encoder (keys differ per model; LightGCN documents num_layers=0 as matrix factorisation)
     "model.l2_weight": WEIGHT,
     "model.encoder.embedding_dim": POSITIVE,
