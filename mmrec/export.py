@@ -7,12 +7,11 @@ this is the thin Hydra wrapper.
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.serving.bundle import BundleError
+from mmrec.utils.errors import hydra_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +26,8 @@ def export(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
+    with hydra_user_errors():
         out = export(cfg)
-    except BundleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"bundle written to {out}")
 
 

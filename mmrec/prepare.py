@@ -26,6 +26,7 @@ from mmrec.data.prepared import (DatasetError, declare_expected, expecting, is_c
                                  store_damage, unregister_feature)
 from mmrec.data.stages import Stage, format_summary, run_stages
 from mmrec.utils.config_check import check_config
+from mmrec.utils.errors import hydra_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ def _declaring(tables: Stage, root: Path, modalities: list[str], command: str) -
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> Any:
-    records = prepare(cfg)
+    with hydra_user_errors():
+        records = prepare(cfg)
     print(format_summary(records))
     images = next((r["summary"].get("image_status") for r in records if r["stage"] == "images"), None)
     if images:

@@ -19,8 +19,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.serving.bundle import BundleError
 from mmrec.serving.recommender import Recommendation, RecommendError, recommender_from_config
+from mmrec.utils.errors import hydra_user_errors
 
 
 def recommend(cfg: DictConfig) -> list[Recommendation]:
@@ -60,11 +60,8 @@ def format_table(recs: list[Recommendation]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")
 def main(cfg: DictConfig) -> None:
-    try:
+    with hydra_user_errors():
         recs = recommend(cfg)
-    except (BundleError, RecommendError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     if cfg.format == "json":
         print(json.dumps([r.as_dict() for r in recs], indent=2))
     elif cfg.format == "table":

@@ -41,6 +41,7 @@ import pandas as pd
 import yaml
 
 from mmrec.utils.config import CONFIG_DIR
+from mmrec.utils.errors import MmrecError, user_errors
 from mmrec.utils.logging import METRIC_ORDER
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: reading runs does not need it
@@ -69,7 +70,7 @@ IGNORED_KEYS = ("seed", "task_name", "ckpt_path", "paths.", "hydra.", "logger.",
 _PATH_LIKE = re.compile(r"(^|\.)(root|path|dir|dirpath|save_dir|output_dir|root_dir)$")
 
 
-class ReportError(RuntimeError):
+class ReportError(MmrecError, RuntimeError):
     """A folder or run that cannot be reported (the message names it and says what to do)."""
 
 
@@ -768,10 +769,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        files = write_report(args.folder, args.out, plots=not args.no_plots, metrics=args.metrics)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        with user_errors():
+            files = write_report(args.folder, args.out, plots=not args.no_plots, metrics=args.metrics)
+    except SystemExit as exit_:
+        return int(exit_.code)
     print(files["summary_md"].read_text())
     print("Written:", *(str(p) for p in files.values()), sep="\n  ")
     return 0

@@ -13,12 +13,12 @@ import gc
 import json
 import logging
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.serving.bundle import BundleError, load_bundle
+from mmrec.serving.bundle import load_bundle
+from mmrec.utils.errors import hydra_user_errors
 
 log = logging.getLogger(__name__)
 ENV = "MMREC_SERVE_CONFIG"
@@ -120,11 +120,8 @@ def prefork(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
-    try:
+    with hydra_user_errors():
         serve(cfg)
-    except BundleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def test_cli_refuses_before_hydra_creates_the_run_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmrec.train", "trainer.max_epochs=0", "model.l2_weight=-1",
                            f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'data'}"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]  # a user error (mmrec.utils.errors)
     assert "trainer.max_epochs=0: must be an int >= 1" in proc.stderr
     assert "model.l2_weight=-1: must be a finite float >= 0" in proc.stderr
     assert "Traceback" not in proc.stderr  # a message, not a stack trace
@@ -173,7 +173,7 @@ def test_both_entry_points_check_in_hydra_before_the_run_folder(config_name, cap
     assert cfg.hydra.callbacks.check_config._target_ == "mmrec.utils.config_check.CheckConfig"
     with pytest.raises(SystemExit) as err:
         CheckConfig().on_run_start(config=cfg)
-    assert err.value.code == 1
+    assert err.value.code == 2
     assert "dataset.source.num_users=0: must be an int >= 1" in capsys.readouterr().err
 
 

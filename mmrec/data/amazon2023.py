@@ -168,14 +168,19 @@ class Amazon2023Source:
         return self.raw_dir / self.category / name
 
     def _download(self, work: Path) -> dict:
-        from mmrec.data.download import download
+        from mmrec.data.download import DownloadError, download
 
         paths = {}
         for what, src, sha in (("reviews", self.reviews, self.reviews_sha256), ("meta", self.meta, self.meta_sha256)):
             dest = self._raw_path(src)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            paths[what] = str(download(src, dest, sha256=sha, retries=self.download_retries,
-                                       timeout=self.download_timeout, progress=self.progress))
+            try:
+                paths[what] = str(download(src, dest, sha256=sha, retries=self.download_retries,
+                                           timeout=self.download_timeout, progress=self.progress))
+            except DownloadError as err:
+                raise DownloadError(f"{err} Without network, fetch {src.rsplit('/', 1)[-1]} elsewhere and pass "
+                                    f"the local file: dataset.source.{what}=/path/to/{src.rsplit('/', 1)[-1]}") \
+                    from None
         work.mkdir(parents=True, exist_ok=True)
         (work / "raw_files.json").write_text(json.dumps(paths, indent=2))
         return {f"{k}_bytes": Path(v).stat().st_size for k, v in paths.items()}

@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mmrec.utils.errors import MmrecError
 from mmrec.utils.files import sha256_file
 
 FORMAT = "mmrec-prepared/1"
@@ -48,7 +49,7 @@ SPLITS = {"train": 0, "valid": 1, "test": 2}
 TABLES = ("interactions.parquet", "items.parquet", "users.parquet")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(MmrecError, RuntimeError):
     """A dataset file is missing, malformed or inconsistent; the message says which and what to do."""
 
 

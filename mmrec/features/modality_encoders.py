@@ -54,6 +54,8 @@ from typing import Any, Iterable
 import torch
 from PIL import Image
 
+from mmrec.utils.errors import MmrecError
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,7 +63,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-class ModalityEncoderError(RuntimeError):
+class ModalityEncoderError(MmrecError, RuntimeError):
     """A modality encoder cannot be built: missing package, missing weights file, unknown tag."""
 
 

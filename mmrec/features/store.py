@@ -45,6 +45,7 @@ import lmdb
 import numpy as np
 import torch
 
+from mmrec.utils.errors import MmrecError
 from mmrec.utils.files import sha256_file
 
 _ITEMS_DB = b"items"
@@ -59,7 +60,7 @@ _DTYPES = {"float16": np.float16, "float32": np.float32}
 _TORCH_DTYPES = {np.float16: torch.float16, np.float32: torch.float32}
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(MmrecError, RuntimeError):
     """A feature store is missing, corrupt or does not match what the caller expects."""
 
 

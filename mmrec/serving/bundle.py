@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmrec.utils.errors import MmrecError
 from mmrec.utils.files import sha256_file
 
 FORMAT = "mmrec-bundle"
@@ -49,7 +50,7 @@ OPTIONAL_ARRAYS = ("content_vectors", "text_vectors")
 TABLES = ("items.parquet", "users.parquet")
 
 
-class BundleError(RuntimeError):
+class BundleError(MmrecError, RuntimeError):
     """A bundle is missing, incomplete, tampered with or of another format version; the
     message names the file and says what to do."""
 

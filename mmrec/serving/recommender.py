@@ -41,13 +41,14 @@ from mmrec.evaluation.ranking import top_items
 from mmrec.serving.bundle import Bundle, load_bundle
 from mmrec.serving.index import INDEXES
 from mmrec.serving.rerank import RERANKERS, cap_per_group
+from mmrec.utils.errors import MmrecError
 
 log = logging.getLogger(__name__)
 
 FOLD_IN_RULES = ("mean", "ridge")
 
 
-class RecommendError(ValueError):
+class RecommendError(MmrecError, ValueError):
     """A request that cannot be answered as asked (the message says what is wrong and what to do)."""
 
 

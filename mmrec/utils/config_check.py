@@ -32,13 +32,15 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mmrec.utils.errors import EXIT_USER_ERROR, MmrecError
+
 try:  # a Hydra callback when Hydra is present (it always is for the entry points)
     from hydra.experimental.callback import Callback as _HydraCallback
 except ImportError:  # pragma: no cover
     _HydraCallback = object  # type: ignore[assignment,misc]
 
 
-class ConfigError(ValueError):
+class ConfigError(MmrecError, ValueError):
     """A configuration that composes but does not make sense."""
 
 
@@ -119,6 +121,7 @@ RULES: dict[str, Spec] = {
     "seed": _int(0, 2**32 - 1, nullable=True),   # as SEED; null: not seeded
     "test": BOOL,
     "keep_freed_memory": BOOL,
+    "threads": _int(1, nullable=True),
     "evaluation.rank_block": _int(1, nullable=True),
     # evaluation.ks and evaluation.lists: in _cross_checks (a list; the lists modes are the evaluator's)
     # dataset: the DataModule (every dataset)
@@ -236,8 +239,8 @@ class CheckConfig(_HydraCallback):
         except ConfigError as err:
             # Hydra turns a callback's exception into a warning and goes on to create the run
             # folder and start the job; exiting is the only way to stop before that.
-            print(f"Error: {err}", file=sys.stderr)
-            raise SystemExit(1) from err
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from err
 
 
 def _values(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:
