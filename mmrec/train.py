@@ -7,14 +7,21 @@ Protocol: early stopping and checkpoint selection watch ``cfg.optimized_metric``
 validation metric); after training the best checkpoint is evaluated once on validation
 (for the record) and once on test. ``metrics.json`` and the resolved ``config.yaml`` land
 in the run folder.
+
+Resume (``ckpt_path=<run>/checkpoints/last.ckpt``) continues the same run: same folder, the
+best checkpoint and its score carried in ``last.ckpt``, so selection covers every epoch of
+the run. An interrupted run (Ctrl-C, SIGTERM) evaluates and records the best checkpoint so
+far, marked ``"interrupted": true`` in ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,8 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mmrec.evaluation.evaluator import Evaluator
@@ -30,7 +39,9 @@ from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
 from mmrec.utils.config_check import ConfigError, check_config
-from mmrec.utils.logging import finish_wandb, metrics_table
+from mmrec.utils.config import resumed_run
+from mmrec.utils.errors import MmrecError, hydra_user_errors
+from mmrec.utils.logging import finish_wandb, metrics_table, quiet_lightning
 from mmrec.utils.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -48,6 +59,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)  # value ranges, monitored metric, model/fusion pair: before any data work
     objects = build_module(cfg)
     callbacks = _instantiate_dict(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:  # asked for no bar: Lightning refuses one in the list
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return {**objects, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
@@ -100,11 +113,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     the selected checkpoint plus bookkeeping; ``objects`` the built components.
     """
     check_config(cfg)  # a bad value fails here, before the run folder is written
+    quiet_lightning()
+    _continue_resumed_run(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
+    set_threads(cfg.get("threads"))
     objects = build(cfg)
     trainer: L.Trainer = objects["trainer"]
     module: RecModule = objects["module"]
@@ -112,14 +128,31 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     start = time.time()
     trainable = module.encoder.trainable
+    interrupted: str | None = None
     if trainable:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        log.info("Training budget: up to %d epochs (trainer.max_epochs), early stopping after %s validations "
+                 "without improvement of %s.", cfg.trainer.max_epochs,
+                 OmegaConf.select(cfg, "callbacks.early_stopping.patience", default="(off)"), cfg.optimized_metric)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except (SystemExit, SIGTERMException) as stop:  # Lightning's answer to Ctrl-C / SIGTERM
+            if not trainer.interrupted:
+                raise
+            interrupted = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C"
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here on
+            log.warning("Interrupted (%s) at epoch %d: evaluating the best checkpoint so far.", interrupted,
+                        trainer.current_epoch)
     else:
         log.info("%s learns nothing: evaluating it without fitting.", type(module.encoder).__name__)
     fit_seconds = time.time() - start
+    objects["interrupted"] = interrupted
 
-    ckpt = trainer.checkpoint_callback
+    ckpt = next((cb for cb in trainer.checkpoint_callbacks
+                 if isinstance(cb, ModelCheckpoint) and cb.monitor == cfg.optimized_metric), None)
     best_path = ckpt.best_model_path if trainable and ckpt is not None and ckpt.best_model_path else None
+    if interrupted and best_path is None:
+        raise TrainingInterrupted(f"interrupted ({interrupted}) before the first validation: nothing to record in "
+                                  f"{out_dir}; run the same command again.")
     if best_path is None and trainable:
         log.warning("No best checkpoint (no ModelCheckpoint callback or fast_dev_run): "
                     "evaluating the last weights.")
@@ -141,16 +174,88 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "dataset": str(datamodule.root),
         "model": cfg.model.encoder._target_,
     }
+    if interrupted:
+        record["interrupted"] = interrupted
+    if cfg.get("ckpt_path"):
+        record["resumed_from"] = str(cfg.ckpt_path)
     stats = [cb for cb in objects["callbacks"] if isinstance(cb, EpochStats)]
     record["perf"] = stats[0].summary() if stats else {}
     # Peak resident memory of this process so far (Linux reports KiB).
     record["perf"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if trainer.is_global_zero:  # under DDP every process has the same record: one writes it
         (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-    table = metrics_table(metrics, list(cfg.evaluation.ks))
-    log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
-             cfg.optimized_metric, out_dir, table)
+    if trainer.is_global_zero:  # one table, not one per DDP process
+        table = metrics_table(metrics, list(cfg.evaluation.ks))
+        log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
+                 cfg.optimized_metric, out_dir, table)
+    if interrupted:
+        log.warning("Training was interrupted: metrics.json holds the best checkpoint so far (epoch %s), marked "
+                    "\"interrupted\". Continue with: python -m mmrec.train <the same overrides> ckpt_path=%s",
+                    record["best_epoch"], out_dir / "checkpoints" / "last.ckpt")
     return metrics, objects
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads``; or (None) ``OMP_NUM_THREADS`` when the launcher set
+    it, else the cores this process may use (its CPU affinity: a container's or a cluster
+    job's share) divided among the jobs a joblib sweep runs at once. Oversubscribed threads
+    spin on a busy machine (see RESULTS.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = _parallel_jobs(cores)
+    if threads is not None:
+        chosen, why = int(threads), "threads"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # set by whoever launched this process
+        chosen, why = max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+    else:
+        chosen, why = max(1, cores // jobs), "the cores available" + (f" / {jobs} parallel jobs" if jobs > 1 else "")
+    torch.set_num_threads(chosen)
+    log.info("CPU threads: %d (from %s; %d cores available to this process).", chosen, why, cores)
+    return chosen
+
+
+def _parallel_jobs(cores: int) -> int:
+    """Jobs a Hydra joblib launcher runs at once (1 outside such a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if n_jobs is None:
+        return 1
+    n_jobs = int(n_jobs)
+    return cores if n_jobs < 0 else max(1, min(n_jobs, cores))
+
+
+class TrainingInterrupted(MmrecError, RuntimeError):
+    """Training stopped by the user before anything could be evaluated."""
+
+
+def _continue_resumed_run(cfg: DictConfig) -> None:
+    """Point a resume from ``<run>/checkpoints/*.ckpt`` at ``<run>`` (the command line already
+    runs there: see ``hydra.run.dir``), and refuse a resume that would train nothing."""
+    path = cfg.get("ckpt_path")
+    run_dir = resumed_run(path)
+    if run_dir is not None and Path(cfg.paths.output_dir).resolve() != run_dir:
+        log.info("Resuming run %s (its folder, checkpoints and best score so far).", run_dir)
+        cfg.paths.output_dir = str(run_dir)
+    if not path or not Path(str(path)).is_file():
+        return  # Lightning's names ("last", "best"), checked by Lightning
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a file that is not a checkpoint
+        raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {err}); point it "
+                          f"at a run's checkpoints/last.ckpt, or ckpt_path=null to start afresh.") from err
+    done = int(state.get("epoch", -1)) + 1  # epochs finished when the checkpoint was written
+    if done >= int(cfg.trainer.max_epochs):
+        raise ConfigError(f"ckpt_path={path}: that run has finished {done} epochs and trainer.max_epochs="
+                          f"{cfg.trainer.max_epochs}, so resuming would train nothing; raise trainer.max_epochs "
+                          f"(e.g. trainer.max_epochs={done + int(cfg.trainer.max_epochs)}).")
+    stopped = [v for k, v in state.get("callbacks", {}).items() if k.startswith("EarlyStopping")]
+    patience = OmegaConf.select(cfg, "callbacks.early_stopping.patience", default=None)
+    if stopped and patience is not None and int(stopped[0].get("wait_count", 0)) >= int(patience):
+        raise ConfigError(f"ckpt_path={path}: that run stopped early ({stopped[0]['wait_count']} validations "
+                          f"without improvement, patience {patience}); resuming would stop again at once: raise "
+                          f"callbacks.early_stopping.patience to train on.")
 
 
 def _epoch_of(path: str | None) -> int | None:
@@ -165,17 +270,20 @@ def run(cfg: DictConfig) -> float | None:
     """``train(cfg)`` that always closes W&B (so one crashed sweep job does not poison the
     next) and returns ``cfg.optimized_metric`` for sweepers."""
     try:
-        metrics, _ = train(cfg)
+        metrics, objects = train(cfg)
     finally:
         finish_wandb()
+    if objects.get("interrupted"):
+        raise SystemExit(130)  # the shell's code for an interrupted command; metrics.json is written
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point (thin wrapper around :func:`run`)."""
-    return run(cfg)
+    """Hydra entry point (thin wrapper around :func:`run`); a user error ends in one line."""
+    with hydra_user_errors():
+        return run(cfg)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,23 @@ def serving_runs(tmp_path_factory, data_dir):
         index = {"factory": "HNSW32", "ef_construction": 200} if model == "lightgcn" else None
         out[model] = (run, export_run(run, index=index), objects)
     return out
+
+
+class RaiseAt:
+    """A callback (``+callbacks.x._target_=conftest.RaiseAt +callbacks.x.epoch=N``) that raises
+    ``error`` (a builtin exception name; KeyboardInterrupt = Ctrl-C) at the start of training
+    epoch ``epoch``: a crash or an interruption in the middle of a run."""
+
+    def __new__(cls, epoch: int, error: str = "KeyboardInterrupt"):
+        import builtins
+
+        import lightning as L
+
+        exc = getattr(builtins, error)
+
+        class _Raise(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module) -> None:
+                if trainer.current_epoch == epoch:
+                    raise exc(f"raised by the test at epoch {epoch}")
+
+        return _Raise()

@@ -40,7 +40,8 @@ def test_datasets_instantiate_without_preparing(tmp_path):
 def test_trainer_callbacks_loggers_instantiate(tmp_path):
     cfg = compose_cfg([f"paths.output_dir={tmp_path}", "logger=csv"])
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "EarlyStopping", "EpochStats"}
+    assert sorted(type(c).__name__ for c in callbacks) == ["EarlyStopping", "EpochStats", "ModelCheckpoint",
+                                                           "ModelCheckpoint", "RunProgress"]  # best + last
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=[instantiate(cfg.logger.csv)])
     assert trainer.max_epochs == cfg.trainer.max_epochs
 

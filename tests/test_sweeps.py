@@ -29,7 +29,8 @@ QUICK = SMALL_DEMO + ["trainer.accelerator=cpu", "+trainer.enable_progress_bar=f
 def offline_env() -> dict[str, str]:
     """The environment of a sweep subprocess: W&B offline, no credentials."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    env.update(NETRC="/nonexistent", WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1")
+    env.update(NETRC="/nonexistent", WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1",
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     return env
 
 
@@ -300,13 +301,12 @@ def test_recommendation_rows_follow_the_evaluation_ranking(make_cfg):
 @pytest.mark.slow
 def test_crashed_job_does_not_stop_the_next_and_wandb_groups_by_sweep(tmp_path, data_dir):
     logs = tmp_path / "logs"
-    # job 0 crashes after W&B started: its resume checkpoint exists (so the config check passes)
-    # but is not a checkpoint
-    broken = tmp_path / "broken.ckpt"
-    broken.write_bytes(b"not a checkpoint")
-    proc = train_cli(["-m", f"ckpt_path={broken},null", "logger=wandb", "trainer.max_epochs=1", *QUICK,
+    # job 0 crashes in its first epoch, after W&B started (tests/conftest.py's RaiseAt); job 1's
+    # crash epoch is never reached
+    proc = train_cli(["-m", "+callbacks.crash._target_=conftest.RaiseAt", "+callbacks.crash.epoch=0,5",
+                      "+callbacks.crash.error=ZeroDivisionError", "logger=wandb", "trainer.max_epochs=1", *QUICK,
                       f"paths.data_dir={data_dir}", f"paths.log_dir={logs}"])
-    assert proc.returncode != 0 and "UnpicklingError" in proc.stderr  # the sweep reports the failure
+    assert proc.returncode != 0 and "ZeroDivisionError" in proc.stderr  # the sweep reports the failure
     (sweep,) = list((logs / "train" / "multiruns").iterdir())
     assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()
     # The summary written after each job survives the failed sweep and names the failed job.

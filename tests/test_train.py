@@ -1,13 +1,17 @@
 """Training end to end on the (small) demo: every model x sampler, selection, resume, determinism."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import SMALL_DEMO
 from mmrec.train import ConfigError, _epoch_of, run, train
-from mmrec.utils.config import CONFIG_DIR
+from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
@@ -78,7 +82,7 @@ def test_resume_from_last_checkpoint(make_cfg, tmp_path):
     _, objects = train(resumed)
     assert objects["trainer"].current_epoch == 4
     state = torch.load(last, weights_only=False)
-    assert state["epoch"] == 1  # the run resumed after epoch index 1 (2 epochs done)
+    assert state["epoch"] == 3  # the resumed run went on in its own folder: its last.ckpt is now epoch index 3
 
 
 def test_test_metric_cannot_drive_selection(make_cfg):
@@ -105,18 +109,14 @@ def test_wandb_offline_run(make_cfg, monkeypatch):
 
 
 def test_crashed_run_still_closes_wandb(make_cfg, monkeypatch, tmp_path):
-    import pickle
-
     import wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", "/nonexistent")
-    # a crash no config check can foresee: the resume checkpoint exists but is not one, and is
-    # read by fit() after the W&B run has started
-    broken = tmp_path / "broken.ckpt"
-    broken.write_bytes(b"not a checkpoint")
-    cfg = make_cfg(["logger=wandb", "trainer.max_epochs=1", f"ckpt_path={broken}"])
-    with pytest.raises(pickle.UnpicklingError):
+    # a crash in the middle of training, after the W&B run has started
+    cfg = make_cfg(["logger=wandb", "trainer.max_epochs=3", "+callbacks.crash._target_=conftest.RaiseAt",
+                    "+callbacks.crash.epoch=1", "+callbacks.crash.error=ZeroDivisionError"])
+    with pytest.raises(ZeroDivisionError):
         run(cfg)
     assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")), "W&B never started"
     assert wandb.run is None
@@ -203,3 +203,91 @@ def test_beyond_accuracy_every_validation_is_a_switch(make_cfg, tmp_path):
                       and r.get("train/loss") == ""]
         assert any(r.get("val/coverage@20") for r in rows)  # the final evaluation has them either way
         assert any(r.get("val/coverage@20") for r in during_fit[:2]) == expected, lists
+
+
+def _val_curve(run_dir: Path, epochs_trained: int) -> dict[int, float]:
+    """``{epoch: val/recall@20}`` over every CSV version of a run (a resume adds a version)."""
+    from mmrec.report import read_curves
+
+    curve = read_curves(run_dir, "val/recall@20", epochs_trained)
+    return dict(zip(curve["epoch"].tolist(), curve["value"].tolist()))
+
+
+def test_last_checkpoint_is_the_latest_epoch_not_the_best(make_cfg, tmp_path):
+    cfg = make_cfg(["trainer.max_epochs=4", f"paths.output_dir={tmp_path / 'a'}"])
+    train(cfg)
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 3  # Lightning's save_last would hold the best epoch's weights
+
+
+def test_resume_continues_the_same_run_and_selects_over_all_its_epochs(make_cfg, tmp_path):
+    run = tmp_path / "a"
+    train(make_cfg(["trainer.max_epochs=2", f"paths.output_dir={run}"]))
+    resumed = make_cfg(["trainer.max_epochs=5", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                        f"paths.output_dir={tmp_path / 'b'}"])
+    metrics, objects = train(resumed)
+    assert not (tmp_path / "b").exists()  # continued in the run's own folder
+    record = json.loads((run / "metrics.json").read_text())
+    curve = _val_curve(run, record["epochs_trained"])
+    assert sorted(curve) == [0, 1, 2, 3, 4]  # both legs of the run, one curve
+    best = max(curve, key=curve.get)
+    assert record["best_epoch"] == best and record["resumed_from"].endswith("last.ckpt")
+    assert metrics["val/recall@20"] == pytest.approx(curve[best], abs=1e-6)
+
+
+def test_resume_that_would_train_nothing_says_so(make_cfg, tmp_path):
+    run = tmp_path / "a"
+    train(make_cfg(["trainer.max_epochs=2", f"paths.output_dir={run}"]))
+    with pytest.raises(ConfigError, match=r"has finished 2 epochs and trainer.max_epochs=2.*raise trainer.max_epochs"):
+        train(make_cfg(["trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]))
+
+
+def test_interrupted_run_records_the_best_checkpoint_so_far(make_cfg, tmp_path):
+    cfg = make_cfg(["trainer.max_epochs=6", f"paths.output_dir={tmp_path / 'a'}",
+                    "+callbacks.interrupt._target_=conftest.RaiseAt", "+callbacks.interrupt.epoch=3"])
+    metrics, objects = train(cfg)
+    assert objects["interrupted"] == "Ctrl-C"
+    record = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert record["interrupted"] == "Ctrl-C" and record["best_epoch"] in (0, 1, 2)
+    assert "test/recall@20" in record["metrics"]
+    import signal
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
+def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m mmrec.train`` with output piped (as in CI, nohup or a cluster job)."""
+    cmd = [sys.executable, "-m", "mmrec.train", f"paths.log_dir={tmp_path / 'logs'}",
+           f"paths.data_dir={tmp_path / 'data'}", "trainer.accelerator=cpu", *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "OMP_NUM_THREADS")}
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_user_error_is_one_line_without_traceback_and_leaves_no_run_folder(tmp_path):
+    proc = _cli(tmp_path, "dataset=ml100k")  # a real dataset that was never prepared
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "python -m mmrec.prepare dataset=" in errors[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert list((tmp_path / "logs").rglob("*.log")) == []  # the run folder Hydra made is gone again
+
+
+def test_piped_output_has_one_plain_line_per_epoch_and_no_noise(tmp_path):
+    proc = _cli(tmp_path, "trainer.max_epochs=3", "logger=none", *SMALL_DEMO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    lines = [line for line in out.splitlines() if "] - epoch " in line]
+    assert [line.split("] - ")[1].split()[1] for line in lines] == ["0/2", "1/2", "2/2"]
+    assert all("train/loss" in line and "val/recall@20" in line and line.endswith(" s") for line in lines)
+    assert "CPU threads: " in out and "Training budget: up to 3 epochs" in out
+    for noise in ("GPU available", "TPU available", "litlogger", "LeafSpec", "Sparse invariant checks", "v_num"):
+        assert noise not in out, noise
+    table = out[out.index("Results of the checkpoint"):].splitlines()
+    rows = [line.split()[0] for line in table if line.startswith(("val/", "test/"))]
+    assert rows[:4] == ["val/recall", "val/ndcg", "test/recall", "test/ndcg"]  # the headline first
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(make_cfg, tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"broken.ckpt: not a readable checkpoint"):
+        train(make_cfg([f"ckpt_path={broken}"]))

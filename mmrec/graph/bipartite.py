@@ -177,7 +177,7 @@ class BipartiteGraph(nn.Module):
             vals = values if side == "ui" else values.index_select(0, self.iu_perm)  # 2.5x faster than [ ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(crow, col, vals, shape)
+            return torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)  # rows of a valid CSR
 
     def _edge_dot(self, a_user: torch.Tensor, b_item: torch.Tensor) -> torch.Tensor:
         """``[E]`` dot products ``<a_user[u_e], b_item[i_e]>`` in edge order, without

@@ -1,15 +1,77 @@
-"""Callbacks: per-epoch time and RSS, DDP support with exact evaluation, and a W&B table of
-sample recommendations."""
+"""Callbacks: per-epoch time and RSS, the progress display, DDP support with exact
+evaluation, and a W&B table of sample recommendations."""
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 import psutil
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader, DistributedSampler
+
+log = logging.getLogger(__name__)
+
+
+class RunProgress(TQDMProgressBar):
+    """Lightning's progress bar, cleaned: epochs as ``Epoch 3/999`` (0-based, like the
+    checkpoint names and ``best_epoch``, against the last epoch of the budget), no ``v_num``.
+
+    When stderr is not a terminal (output piped to a file, ``nohup``, a cluster job) a bar
+    would print nothing useful for minutes: the bars are off and one plain line per epoch is
+    logged instead (epoch, training loss, the monitored validation metric with the best so
+    far, seconds).
+
+    Args:
+        refresh_rate: batches between bar updates.
+        plain: one line per epoch instead of bars (None: when stderr is not a terminal).
+    """
+
+    def __init__(self, refresh_rate: int = 1, plain: bool | None = None) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.plain = (not sys.stderr.isatty()) if plain is None else bool(plain)
+        if self.plain:
+            self.disable()
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._start = time.perf_counter()
+        if self.plain:
+            return
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}/{trainer.max_epochs - 1}")
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)  # the logger's version number, not a metric
+        return items
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.plain:
+            super().on_train_epoch_end(trainer, pl_module)
+            return
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}"]
+        # the module logs its epoch loss after the callbacks' hook: ask it directly
+        losses = pl_module.epoch_losses() if hasattr(pl_module, "epoch_losses") else {}
+        if "train/loss" in losses:
+            parts.append(f"train/loss {losses['train/loss']:.4f}")
+        best = next((cb for cb in trainer.checkpoint_callbacks
+                     if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
+        if best is not None and best.monitor in metrics:
+            text = f"{best.monitor} {float(metrics[best.monitor]):.4f}"
+            if best.best_model_score is not None and math.isfinite(float(best.best_model_score)):
+                text += f" (best {float(best.best_model_score):.4f})"
+            parts.append(text)
+        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        log.info("  ".join(parts))
 
 
 class EpochStats(L.Callback):
@@ -39,8 +101,8 @@ class EpochStats(L.Callback):
         self._val_in_epoch = None
         self.train_epoch_s.append(elapsed)
         self.rss_mb.append(self._proc.memory_info().rss / 2**20)
-        pl_module.log("perf/train_epoch_s", elapsed)
-        pl_module.log("perf/rss_mb", self.rss_mb[-1])
+        pl_module.log("perf/train_epoch_s", elapsed, sync_dist=True)
+        pl_module.log("perf/rss_mb", self.rss_mb[-1], sync_dist=True)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._t_val = time.perf_counter()
@@ -51,7 +113,7 @@ class EpochStats(L.Callback):
         elapsed = time.perf_counter() - self._t_val
         self._val_in_epoch = elapsed
         self.val_s.append(elapsed)
-        pl_module.log("perf/val_s", elapsed)
+        pl_module.log("perf/val_s", elapsed, sync_dist=True)
 
     def summary(self) -> dict[str, float | None]:
         def median(xs: list[float]) -> float | None:

@@ -138,12 +138,18 @@ class RecModule(L.LightningModule):
         self._epoch_sums = torch.zeros(4, device=self.device)
         self._epoch_count = 0
 
-    def on_train_epoch_end(self) -> None:
+    def epoch_losses(self) -> dict[str, float]:
+        """Means over the current training epoch so far: ``train/loss`` (what is minimised),
+        ``train/bpr``, ``train/reg`` (the L2 term before its weight), ``train/aux``."""
         if self._epoch_count == 0:
-            return
+            return {}
         means = (self._epoch_sums / self._epoch_count).tolist()
-        for name, value in zip(("train/loss", "train/bpr", "train/reg", "train/aux"), means):
-            self.log(name, value, prog_bar=name == "train/loss")
+        return dict(zip(("train/loss", "train/bpr", "train/reg", "train/aux"), means))
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.epoch_losses().items():
+            # sync_dist: under DDP the logged value is the mean over the processes' batches
+            self.log(name, value, prog_bar=name == "train/loss", sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -205,7 +211,8 @@ class RecModule(L.LightningModule):
         metrics = {f"{prefix}/{name}": v for name, v in self._pass.compute().items()}
         self._pass = None
         for key, value in metrics.items():
-            self.log(key, value, prog_bar=key == self.monitor)
+            # identical on every DDP process (each ranks all users): the sync is a no-op mean
+            self.log(key, value, prog_bar=key == self.monitor, sync_dist=True)
         return metrics
 
     def on_validation_epoch_start(self) -> None:

@@ -10,6 +10,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "conf"
 
 
+def resumed_run(ckpt_path: str | None) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt`` of an mmrec
+    run, which has ``config.yaml``), or None: a resume continues in that folder, so its curves,
+    checkpoints and the best score so far stay one run."""
+    if not ckpt_path:
+        return None
+    path = Path(str(ckpt_path)).expanduser()
+    run = path.parent.parent
+    return run.resolve() if path.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mmrec_root"):
         OmegaConf.register_new_resolver("mmrec_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("mmrec_run_dir"):
+        # hydra.run.dir: the resumed run's folder when ckpt_path is one of its checkpoints
+        OmegaConf.register_new_resolver(
+            "mmrec_run_dir", lambda ckpt_path, default: str(resumed_run(ckpt_path) or default))

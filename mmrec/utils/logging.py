@@ -120,8 +120,9 @@ def metric_sort_key(head: str) -> tuple:
 
 
 def metrics_table(metrics: dict[str, float], ks) -> str:
-    """``metrics`` (``split/name@k``) as a plain table: rows split/metric (headline accuracy
-    first, then beyond accuracy, then the warm and cold groups), columns k."""
+    """``metrics`` (``split/name@k``) as a plain table, columns k: the :data:`HEADLINE` rows
+    first (validation and test Recall / NDCG), then per split the other accuracy and beyond-
+    accuracy rows and the warm and cold groups, each block under a rule."""
     rows = {}
     for key, value in metrics.items():
         if "@" not in key or "/" not in key:
@@ -130,7 +131,43 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
         rows.setdefault(head, {})[int(k)] = value
     width = max([18] + [len(head) + 2 for head in rows])
     header = f"{'metric':<{width}}" + "".join(f"{'@' + str(k):>9}" for k in ks)
-    lines = [header, "-" * len(header)]
-    for head in sorted(rows, key=metric_sort_key):
+    rule = "-" * len(header)
+    headline = [h for h in HEADLINE if h in rows]
+    rest = sorted((h for h in rows if h not in headline), key=metric_sort_key)
+    lines = [header, rule]
+    previous = None
+    for head in headline + rest:
+        # a rule after the headline rows and between split/group blocks (val, val/warm, ...)
+        block = "headline" if head in headline else head.rsplit("/", 1)[0]
+        if previous is not None and block != previous:
+            lines.append(rule)
+        previous = block
         lines.append(f"{head:<{width}}" + "".join(f"{rows[head].get(k, float('nan')):>9.4f}" for k in ks))
     return "\n".join(lines)
+
+
+HEADLINE = ("val/recall", "val/ndcg", "test/recall", "test/ndcg")
+"""Rows printed first by :func:`metrics_table`: the figures a comparison quotes."""
+
+
+# Lightning's info lines that say nothing about this run (hardware it does not use, an
+# advertisement, checkpoint restores that train() announces itself). Matched at the start.
+_LIGHTNING_NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:",
+                    "Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Drop :data:`_LIGHTNING_NOISE` from Lightning's log and its own deprecation warning about
+    ``LeafSpec`` (raised inside Lightning, nothing a user can change); idempotent."""
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
