@@ -241,7 +241,13 @@ def test_wandb_run_has_config_history_test_summary_and_recommendation_table(make
         assert contents["summary"][key] == pytest.approx(record["metrics"][key], abs=1e-6), key
     table = {k.split("/", 2)[-1]: v for k, v in contents["summary"].items() if k.startswith("val/recommendations/")}
     assert table["_type"] == "table-file" and table["nrows"] == 3 * 5 and table["ncols"] == 7
-    assert any(p.startswith("media/images/") for p in contents["artifact_files"]), "no item images logged"
+    # the pictures beside the table, as media files of the run (inside its folder; one file per
+    # distinct picture: W&B names them by content)
+    (table_file,) = (run_dir / "files" / "media" / "table").rglob("*.table.json")
+    rows = json.loads(table_file.read_text())["data"]
+    assert all(row[4].startswith("images/") for row in rows)  # the image column: paths in the dataset
+    images = list((run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert len(images) == len({row[2] for row in rows}), "item images not logged"
 
 
 def test_wandb_runs_of_a_sweep_are_grouped_by_sweep_folder(tmp_path, monkeypatch):
@@ -349,3 +355,28 @@ def test_ddp_on_cpu_two_processes_evaluates_exactly(tmp_path, data_dir):
         assert record["metrics"][key] == pytest.approx(val[key], abs=1e-6), key
     for key in ("test/recall@20", "test/warm/ndcg@20"):
         assert record["metrics"][key] == pytest.approx(test[key], abs=1e-6), key
+
+
+def test_offline_wandb_run_folder_holds_everything_of_the_run(make_cfg, monkeypatch, tmp_path):
+    """Copy the run folder, `wandb sync` it: nothing of the run may sit in the home folder."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from mmrec.utils import logging as mlog
+
+    monkeypatch.setattr(mlog, "_set_by_us", set())
+    cfg = make_cfg(["logger=wandb", "trainer.max_epochs=1", "callbacks.wandb_recommendations.num_users=2",
+                    "callbacks.wandb_recommendations.k=3"])
+    from mmrec.train import run
+
+    run(cfg)  # closes W&B
+    out = Path(cfg.paths.output_dir)
+    leaked = [p for p in home.rglob("*") if p.is_file() and "wandb" in str(p)]
+    assert leaked == [], leaked
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert list((run_dir / "files" / "media" / "images").rglob("*.png"))  # the pictures, inside the run folder
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file()  # curves for mmrec.report as well

@@ -291,3 +291,21 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(make_cfg, tmp_path
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"broken.ckpt: not a readable checkpoint"):
         train(make_cfg([f"ckpt_path={broken}"]))
+
+
+def test_mlflow_run_has_config_curves_final_metrics_and_the_record(make_cfg):
+    import mlflow
+
+    cfg = make_cfg(["logger=mlflow", "trainer.max_epochs=2"])
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file()  # the CSV log is kept beside MLflow
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    assert run.data.params["model.encoder._target_"] == "mmrec.models.LightGCN"
+    curve = client.get_metric_history(run.info.run_id, "val/recall_at_20")
+    assert len(curve) >= 2  # one per epoch (+ the selected checkpoint's validation)
+    record = json.loads((out / "metrics.json").read_text())
+    assert run.data.metrics["selected/test/recall_at_20"] == pytest.approx(record["metrics"]["test/recall@20"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "config.yaml"}
+    assert (out / "mlflow" / "artifacts").is_dir()  # everything of the run stays in its folder

@@ -184,8 +184,10 @@ class DistributedEvaluation(L.Callback):
 
 
 class WandbRecommendations(L.Callback):
-    """A W&B table of top-k recommendations for a few validation users: item image, title,
-    score, and whether the item is one of the user's validation items (a hit).
+    """A W&B table of top-k recommendations for a few validation users: item, title, image
+    path, score, and whether the item is one of the user's validation items (a hit); the
+    images themselves are logged beside it as media (``<key>_images``, captioned with user,
+    rank and title), so an offline run folder holds them and travels whole.
 
     Logged when the model selected on validation is evaluated after fitting (``train()``
     validates the best checkpoint once), so the table shows the model whose metrics are
@@ -219,11 +221,29 @@ class WandbRecommendations(L.Callback):
 
         rows = recommendation_rows(pl_module, trainer.datamodule, self.num_users, self.k)
         columns = ["user", "rank", "item", "title", "image", "hit", "score"]
-        data = [[r["user"], r["rank"], r["item"], r["title"],
-                 wandb.Image(r["image"]) if r["image"] else None, r["hit"], r["score"]] for r in rows]
+        root = trainer.datamodule.root
+        data = [[r["user"], r["rank"], r["item"], r["title"], _shown_path(r["image"], root), r["hit"], r["score"]]
+                for r in rows]
+        # Images go in as media (files/media/images/ of the run folder), not as table cells: a
+        # table's images are staged outside the run folder, so a copied offline run lost them.
+        images = [wandb.Image(r["image"], caption=f"user {r['user']} #{r['rank']}: {r['title']}"
+                              + (" (hit)" if r["hit"] else "")) for r in rows if r["image"]]
         for logger in loggers:
-            logger.experiment.log({self.key: wandb.Table(columns=columns, data=data)})
+            logger.experiment.log({self.key: wandb.Table(columns=columns, data=data),
+                                   **({f"{self.key}_images": images} if images else {})})
         self.logged += 1
+
+
+def _shown_path(image: str | None, root) -> str:
+    """An image path for the table: relative to the dataset root when inside it ("" = none)."""
+    if not image:
+        return ""
+    from pathlib import Path
+
+    try:
+        return str(Path(image).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(image)
 
 
 def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 4, k: int = 10

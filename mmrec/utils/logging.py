@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -65,6 +66,7 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", group: str | N
     if mode == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    _keep_wandb_files_in(Path(save_dir) / "wandb")
     sweep = sweep_context()
     if sweep is not None and sweep_group:
         group = f"{group}/{sweep['sweep']}" if group else sweep["sweep"]
@@ -77,6 +79,76 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", group: str | N
     kwargs = {k: v for k, v in {**kwargs, "group": group, "name": name}.items() if v is not None}
     log.info("W&B logging %s to %s (group %s)", mode, save_dir, group)
     return WandbLogger(project=project, save_dir=save_dir, mode=mode, **kwargs)
+
+
+def mlflow_logger(experiment_name: str, save_dir: str, tracking_uri: str | None = None, run_name: str | None = None,
+                  config_file: str | None = None, tags: dict | None = None):
+    """A Lightning ``MLFlowLogger`` whose metric names keep their cut-off (``val/recall@20`` ->
+    ``val/recall_at_20``; MLflow forbids ``@`` and Lightning would drop it, giving ``recall20``).
+
+    Args:
+        experiment_name: MLflow experiment (runs of one task together).
+        save_dir: with no ``tracking_uri``, a store of this run alone: ``<save_dir>/mlflow.db``
+            (SQLite; MLflow 3 retired the file store) and artifacts under ``<save_dir>/artifacts``.
+        tracking_uri: a tracking server or shared database (``http://...``, ``sqlite:///...``).
+        run_name: MLflow run name (None: MLflow's).
+        config_file: the run's resolved ``config.yaml``: logged as flattened parameters and as an
+            artifact.
+        tags: run tags.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class _Logger(MLFlowLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step)
+
+        def log_run_record(self, record_file: Path) -> None:
+            """The final ``metrics.json``: its metrics as ``selected/...`` and the file as an artifact."""
+            record = json.loads(Path(record_file).read_text())
+            super().log_metrics({mlflow_key(f"selected/{k}"): v for k, v in record.get("metrics", {}).items()})
+            self.experiment.log_artifact(self.run_id, str(record_file))
+
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or f"sqlite:///{Path(save_dir).resolve() / 'mlflow.db'}"
+    artifacts = None if tracking_uri else (Path(save_dir).resolve() / "artifacts").as_uri()
+    logger = _Logger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags,
+                     artifact_location=artifacts)
+    if config_file and Path(config_file).is_file():
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+        logger.log_hyperparams(_flat(config))
+        logger.experiment.log_artifact(logger.run_id, str(config_file))
+    log.info("MLflow logging to %s (experiment %s)", uri, experiment_name)
+    return logger
+
+
+def mlflow_key(name: str) -> str:
+    """A metric name MLflow accepts: ``@k`` becomes ``_at_k``."""
+    return name.replace("@", "_at_")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out: dict = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+_WANDB_DIRS = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache", "WANDB_ARTIFACT_DIR": "artifacts"}
+_set_by_us: set[str] = set()
+
+
+def _keep_wandb_files_in(folder: Path) -> None:
+    """Point W&B's staging, cache and artifact folders (default: under ``~/.local/share`` and
+    ``~/.cache``) into the run's ``wandb/`` folder, so that copying the run folder copies all of
+    the run; a variable the user set stays theirs."""
+    for var, sub in _WANDB_DIRS.items():
+        if var not in os.environ or var in _set_by_us:
+            os.environ[var] = str(folder / sub)
+            _set_by_us.add(var)
 
 
 def finish_wandb() -> None:
