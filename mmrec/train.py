@@ -72,7 +72,9 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule: RecDataModule = instantiate(cfg.dataset)
+    # `budget` is the dataset's training budget, read by the trainer and early stopping configs
+    datamodule: RecDataModule = instantiate(
+        {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "budget"})
     datamodule.prepare_data()
     datamodule.setup()
 
@@ -114,6 +116,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     check_config(cfg)  # a bad value fails here, before the run folder is written
     quiet_lightning()
+    if _process_rank() != 0:  # a DDP process other than the first: its lines would repeat rank 0's
+        for name in ("mmrec", log.name):  # log.name is "__main__" under `python -m mmrec.train`
+            logging.getLogger(name).setLevel(logging.ERROR)
     _continue_resumed_run(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                     "\"interrupted\". Continue with: python -m mmrec.train <the same overrides> ckpt_path=%s",
                     record["best_epoch"], out_dir / "checkpoints" / "last.ckpt")
     return metrics, objects
+
+
+def _process_rank() -> int:
+    """This process's global rank as Lightning's launchers set it in the environment (0 alone)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "0") not in ("", "0"):
+            return 1
+    return 0
 
 
 def set_threads(threads: int | None) -> int:

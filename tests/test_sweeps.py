@@ -210,7 +210,7 @@ def test_slurm_launcher_config_composes():
 def test_ddp_trainer_config_adds_distributed_evaluation():
     cfg = compose_cfg(["trainer=ddp"])
     assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
-    assert cfg.trainer.strategy.broadcast_buffers is False
+    assert "broadcast_buffers" not in cfg.trainer.strategy  # deprecated; DistributedEvaluation keeps buffers out of DDP's sync
     assert cfg.callbacks.distributed_evaluation._target_.endswith("DistributedEvaluation")
     assert "model_checkpoint" in cfg.callbacks  # the chosen callbacks stay
 
@@ -341,6 +341,10 @@ def test_ddp_on_cpu_two_processes_evaluates_exactly(tmp_path, data_dir):
     common = ["trainer.max_epochs=2", *QUICK, f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}"]
     proc = train_cli(["trainer=ddp", "trainer.devices=2", f"hydra.run.dir={out}", *common], timeout=600)
     assert proc.returncode == 0, proc.log
+    output = proc.stdout + proc.stderr
+    for noise in ("sync_dist", "broadcast_buffers", "GPU available"):
+        assert noise not in output, noise
+    assert output.count("Results of the checkpoint selected") == 1 and output.count("CPU threads") == 1  # rank 0 only
     record = metrics_of(out)
     assert record["best_checkpoint"] and record["epochs_trained"] == 2
     # Every process ranked all users: the metrics equal a single-process evaluation of the

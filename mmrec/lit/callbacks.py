@@ -66,9 +66,13 @@ class RunProgress(TQDMProgressBar):
         best = next((cb for cb in trainer.checkpoint_callbacks
                      if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
         if best is not None and best.monitor in metrics:
-            text = f"{best.monitor} {float(metrics[best.monitor]):.4f}"
-            if best.best_model_score is not None and math.isfinite(float(best.best_model_score)):
-                text += f" (best {float(best.best_model_score):.4f})"
+            value = float(metrics[best.monitor])
+            text = f"{best.monitor} {value:.4f}"
+            # the checkpoint callback takes this epoch into account after this hook: do it here
+            previous = float(best.best_model_score) if best.best_model_score is not None else math.nan
+            if math.isfinite(previous):
+                value = max(value, previous) if best.mode == "max" else min(value, previous)
+            text += f" (best {value:.4f})"
             parts.append(text)
         parts.append(f"{time.perf_counter() - self._start:.1f} s")
         log.info("  ".join(parts))
@@ -135,9 +139,11 @@ class DistributedEvaluation(L.Callback):
     """Makes Lightning's DDP strategy (``trainer=ddp``) work with mmrec's modules, and keeps
     evaluation exact.
 
-    * The graph and interaction sets are buffers built identically by every process from the
-      same prepared dataset; sparse CSR/COO buffers cannot be broadcast by DDP, so they are
-      excluded from DDP's state synchronisation (the dense ones are still synced).
+    * The graph, features and interaction sets are buffers built identically by every process
+      from the same prepared dataset: all of them are excluded from DDP's synchronisation
+      (sparse CSR/COO buffers cannot be broadcast at all, and syncing the dense ones, item
+      features among them, before every forward would copy them for nothing). This replaces
+      DDP's deprecated ``broadcast_buffers=False``.
     * Lightning would shard the evaluation users over the processes and every process would
       log the mean over its own share. Instead every process ranks **all** evaluation users
       (the loaders get a one-replica ``DistributedSampler``, which Lightning leaves alone), so
@@ -155,8 +161,8 @@ class DistributedEvaluation(L.Callback):
             return
         from torch.nn.parallel import DistributedDataParallel
 
-        sparse = [name for name, buf in pl_module.named_buffers() if buf.layout != torch.strided]
-        ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", [])) | set(sparse)
+        buffers = [name for name, _ in pl_module.named_buffers()]
+        ignored = set(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", [])) | set(buffers)
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, sorted(ignored))
         datamodule = trainer.datamodule
         if datamodule is None:
