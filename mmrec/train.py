@@ -72,9 +72,7 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    # `budget` is the dataset's training budget, read by the trainer and early stopping configs
-    datamodule: RecDataModule = instantiate(
-        {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "budget"})
+    datamodule: RecDataModule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup()
 

@@ -88,10 +88,13 @@ class RecDataModule(L.LightningDataModule):
         num_workers: DataLoader workers for training batches (batches are index slices:
             0 is fastest).
         verify: check the prepared files against their manifest checksums.
+        budget: the dataset's training budget (``max_epochs``, ``patience``), kept in its config
+            so that the trainer and early-stopping configs read it; not used here.
     """
 
     def __init__(self, source, root: str, batch_size: int = 2048, eval_batch_size: int = 1024,
-                 features: Sequence[str] | None = None, num_workers: int = 0, verify: bool = True):
+                 features: Sequence[str] | None = None, num_workers: int = 0, verify: bool = True,
+                 budget: dict | None = None):
         super().__init__()
         self.source = source
         self.root = Path(root)
@@ -100,6 +103,7 @@ class RecDataModule(L.LightningDataModule):
         self.feature_names = None if features is None else list(features)
         self.num_workers = num_workers
         self.verify = verify
+        self.budget = dict(budget or {})
         self.dataset: PreparedDataset | None = None
 
     # -- preparation ----------------------------------------------------------------
