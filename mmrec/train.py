@@ -224,6 +224,11 @@ def set_threads(threads: int | None) -> int:
         chosen, why = max(1, cores // jobs), "the cores available" + (f" / {jobs} parallel jobs" if jobs > 1 else "")
     torch.set_num_threads(chosen)
     log.info("CPU threads: %d (from %s; %d cores available to this process).", chosen, why, cores)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads is None and chosen > 1 and load > cores:
+        # not adapted automatically: the thread count is part of what makes a run reproducible
+        log.warning("The machine is busy (load average %.1f on %d cores): threads=1 is usually several times "
+                    "faster then (experiments/RESULTS.md, threads_busy).", load, cores)
     return chosen
 
 
