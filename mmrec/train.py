@@ -185,12 +185,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     record["perf"] = stats[0].summary() if stats else {}
     # Peak resident memory of this process so far (Linux reports KiB).
     record["perf"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    if trainer.is_global_zero:  # under DDP every process has the same record: one writes it
-        (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    if trainer.is_global_zero:  # under DDP every process has the same record: one writes it, one table
+        # atomically: a resumed run replaces the record of its first leg only with a whole new one
+        tmp = out_dir / f".metrics.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, out_dir / "metrics.json")
         for logger in objects["loggers"]:
             if hasattr(logger, "log_run_record"):  # MLflow: final metrics + metrics.json as an artifact
                 logger.log_run_record(out_dir / "metrics.json")
-    if trainer.is_global_zero:  # one table, not one per DDP process
         table = metrics_table(metrics, list(cfg.evaluation.ks))
         log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
                  cfg.optimized_metric, out_dir, table)
