@@ -27,8 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, git_commit, machine, mean_std, run_parallel, run_train, write_section  # noqa: E402
 
-# pop and random are reference points, evaluated without training (no epochs, no s/epoch)
-MODELS = [("pop", "none"), ("random", "none"), ("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
+# pop and random are reference points, evaluated without training (no epochs, no s/epoch); ials is
+# fitted in closed form when the run is built (no epochs either)
+MODELS = [("pop", "none"), ("random", "none"), ("ials", "none"), ("lightgcn", "none"), ("vbpr", "concat"), ("vbpr", "attention"), ("mmgcn", "late"),
           ("grcn", "late"), ("freedom", "graph_sum"), ("lattice", "graph_sum")]
 DESCRIPTION = {
     "demo": "Demo: 1,000 users, 800 items, 12 latent styles, 10% cold items (validation/test only); "
@@ -104,7 +105,8 @@ def report(dataset: str, results: dict[str, list[dict]], seeds: list[int], note:
              "1 = the same items for all); avg pop = mean number of training users of the shown items; novelty = mean "
              "-log2(share of users who had the item in training); ILD = mean pairwise cosine distance within a list "
              f"({ILD_SPACE}); cold exp = share of the shown slots that go to cold items. "
-             "`pop` and `random` are evaluated without training (no epochs).", "",
+             "`pop` and `random` are evaluated without training, `ials` is fitted in closed form by the `implicit` "
+             "package (no epochs).", "",
              "| model | fusion | sampler | seeds | val R@20 | test R@20 | test NDCG@20 | test warm R@20 | test cold R@20 "
              "| coverage@20 | Gini@20 | avg pop@20 | novelty@20 | ILD@20 | cold exp@20 "
              "| epochs to best | s/epoch | peak RSS MB |",

@@ -85,6 +85,10 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
                               f"{datamodule.root} has none; extract features or pick an ID model.")
         kwargs.update(features=datamodule.features, fusion=fusion)
     encoder = instantiate(cfg.model.encoder, **kwargs)
+    if hasattr(encoder, "fit"):  # closed-form models (iALS) are fitted here, for training and export alike
+        start = time.time()
+        encoder.fit(datamodule.graph)
+        log.info("Fitted %s in %.1fs.", type(encoder).__name__, time.time() - start)
 
     evaluator = Evaluator(
         datamodule.splits, datamodule.item_sets, ks=list(cfg.evaluation.ks),

@@ -162,6 +162,10 @@ RULES: dict[str, Spec] = {
     "dataset.source.images.max_failure_share": SHARE,
     # model: encoder (keys differ per model; LightGCN documents num_layers=0 as matrix factorisation)
     "model.l2_weight": WEIGHT,
+    "model.encoder.factors": POSITIVE,                   # iALS
+    "model.encoder.regularization": WEIGHT,
+    "model.encoder.alpha": _float(0.0, low_open=True),
+    "model.encoder.iterations": POSITIVE,
     "model.encoder.embedding_dim": POSITIVE,
     "model.encoder.num_layers": NON_NEGATIVE,
     "model.encoder.num_ui_layers": NON_NEGATIVE,
