@@ -163,11 +163,14 @@ def test_search_space_names_real_keys_and_validation_metric(search):
     model = search.removesuffix("_optuna")
     assert cfg.model.encoder._target_.lower().endswith(model)
     params = dict(sweeper.params)
-    assert "model.optimizer.lr" in params and params["model.optimizer.lr"].startswith("tag(log")
-    # a regularisation weight is searched: L2, or FREEDOM's per-modality BPR weight (its
-    # reg_weight; FREEDOM has no L2 term)
-    assert {"model.l2_weight", "model.encoder.modality_loss_weight"} & set(params)
-    assert "model.encoder.embedding_dim" in params
+    if cfg.model.get("optimizer") is None:  # fitted in closed form (iALS): its own size and regularisation
+        assert {"model.encoder.factors", "model.encoder.regularization"} <= set(params)
+    else:
+        assert "model.optimizer.lr" in params and params["model.optimizer.lr"].startswith("tag(log")
+        # a regularisation weight is searched: L2, or FREEDOM's per-modality BPR weight (its
+        # reg_weight; FREEDOM has no L2 term)
+        assert {"model.l2_weight", "model.encoder.modality_loss_weight"} & set(params)
+        assert "model.encoder.embedding_dim" in params
     for key, space in params.items():
         if key in GROUPS:  # a config-group choice: every option exists and the model accepts it
             from hydra.utils import get_class
