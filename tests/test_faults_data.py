@@ -222,7 +222,7 @@ def test_store_of_another_dimension_is_refused_naming_dim(tmp_path):
     (store / "data.mdb").write_bytes(data.read_bytes())
     manifest["features"]["text"].update(bytes=data.stat().st_size, sha256=_digest(data))  # consistent checksum
     (tmp_path / "manifest.json").write_text(__import__("json").dumps(manifest))
-    with pytest.raises(DatasetError, match=r"text.lmdb: dim=8 in the store, but manifest.json records 4"):
+    with pytest.raises(DatasetError, match=r"text.lmdb: dim=4 in the store, but manifest.json records 8"):
         load_prepared(tmp_path, verify=True).feature_store("text")
 
 

@@ -343,13 +343,14 @@ class PreparedDataset:
             store = FeatureStore(path)
         except FeatureStoreError as err:
             raise DatasetError(f"{err} ({repair})") from err
-        for key, have in (("dim", store.dim), ("dtype", store.dtype), ("num_items", self.num_items)):
-            want = store.num_items if key == "num_items" else entry.get(key, have)
-            if want != have:
+        # (key, value in the store, what it must be, who says so)
+        checks = [("dim", store.dim, entry.get("dim", store.dim), "manifest.json records"),
+                  ("dtype", store.dtype, entry.get("dtype", store.dtype), "manifest.json records"),
+                  ("num_items", store.num_items, self.num_items, "the dataset has")]
+        for key, found, expected, source in checks:
+            if found != expected:
                 store.close()
-                raise DatasetError(f"{path}: {key}={want!r} in the store, but "
-                                   f"{'the dataset has' if key == 'num_items' else 'manifest.json records'} "
-                                   f"{have!r}; {repair}.")
+                raise DatasetError(f"{path}: {key}={found!r} in the store, but {source} {expected!r}; {repair}.")
         return store
 
 
