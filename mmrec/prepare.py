@@ -22,9 +22,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.data.prepared import (DatasetError, declare_expected, expecting, is_complete, read_manifest,
-                                 store_damage, unregister_feature)
-from mmrec.data.stages import Stage, format_summary, run_stages
+from mmrec.data.prepared import DatasetError, declare_expected, expecting, is_complete, read_manifest, store_damage
+from mmrec.data.stages import Stage, format_summary, prepare_command, run_stages
 from mmrec.utils.config_check import check_config
 from mmrec.utils.errors import hydra_user_errors
 
@@ -49,18 +48,6 @@ def feature_stages(root: Path, modality_encoder_cfg: DictConfig | None, overwrit
     return stages
 
 
-def _command(cfg: DictConfig) -> str:
-    """The command line that prepares this dataset (from Hydra's choices under the CLI)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        choices = HydraConfig.get().runtime.choices
-        args = [f"dataset={choices.get('dataset')}", f"modality_encoder={choices.get('modality_encoder')}"]
-    except ValueError:  # prepare(cfg) called without @hydra.main (tests, notebooks)
-        args = [f"dataset.root={cfg.dataset.root}"]
-    return " ".join(["python -m mmrec.prepare", *args])
-
-
 def _tables_check(root: Path) -> str | None:
     """Why a finished tables stage must run again: its manifest is gone or unreadable."""
     try:
@@ -72,7 +59,7 @@ def _tables_check(root: Path) -> str | None:
 
 def _feature_check(root: Path, modality: str) -> str | None:
     """Why a finished feature stage must run again: its store is unregistered, gone or damaged
-    (then it is unregistered and deleted here, so the stage starts from an empty store)."""
+    (the stage then replaces a damaged store: :func:`mmrec.data.features_stage.extract_modality`)."""
     try:
         entry = read_manifest(root).get("features", {}).get(modality)
     except DatasetError as err:
@@ -80,10 +67,7 @@ def _feature_check(root: Path, modality: str) -> str | None:
     if entry is None:
         return f"features/{modality} is not registered in manifest.json"
     problem = store_damage(root, entry)
-    if problem is not None:
-        unregister_feature(root, modality)
-        return f"{entry['path']}/data.mdb is {problem}"
-    return None
+    return None if problem is None else f"{entry['path']}/data.mdb is {problem}"
 
 
 def prepare(cfg: DictConfig) -> list[dict]:
@@ -96,7 +80,7 @@ def prepare(cfg: DictConfig) -> list[dict]:
     root = Path(cfg.dataset.root)
     source = instantiate(cfg.dataset.source)
     opts = cfg.prepare
-    command = _command(cfg)
+    command = prepare_command()  # recorded in the manifest: what finishes an interrupted preparation
     if not hasattr(source, "stages"):  # single-step sources (demo generator, MMRec import)
         def single_step() -> dict:
             if is_complete(root) and "tables" not in (opts.force or []):

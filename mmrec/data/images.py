@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -64,6 +63,7 @@ from tqdm import tqdm
 from mmrec.data.download import (DownloadError, USER_AGENT, is_retryable_status, local_path,
                                   network_failure, write_failure)
 from mmrec.data.prepared import DatasetError
+from mmrec.data.stages import prepare_command
 
 log = logging.getLogger(__name__)
 
@@ -224,19 +224,6 @@ def check_failure_share(results: pd.DataFrame, max_share: float, details: Path) 
         f"kept; every item's status is in {details}. Fix the cause (is the image server "
         f"reachable?), then run `{prepare_command()}` again: it retries the failed items only. "
         f"To accept the missing pictures instead, raise dataset.source.images.max_failure_share.")
-
-
-def prepare_command() -> str:
-    """The command line of the running ``mmrec.prepare`` (from Hydra's overrides), or its
-    generic form when not run through Hydra (e.g. from Python)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:  # pragma: no cover - hydra is a declared dependency
-        HydraConfig = None
-    if HydraConfig is not None and HydraConfig.initialized():
-        overrides = list(HydraConfig.get().overrides.task)
-        return " ".join(["python -m mmrec.prepare", *map(shlex.quote, overrides)])
-    return "python -m mmrec.prepare <the arguments used before>"
 
 
 def _candidates(urls: Sequence) -> list[str]:

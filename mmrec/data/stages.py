@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,17 @@ def run_stages(root: str | Path, stages: Sequence[Stage], force: Sequence[str] =
         if stage.name == until:
             break
     return records
+
+
+def prepare_command() -> str:
+    """The command line of the running ``mmrec.prepare`` (from Hydra's overrides: what reruns
+    these stages, resuming), or its generic form when not run through Hydra (e.g. from Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+        return " ".join(["python -m mmrec.prepare", *map(shlex.quote, overrides)])
+    return "python -m mmrec.prepare <the arguments used before>"
 
 
 def format_summary(records: Sequence[dict]) -> str:

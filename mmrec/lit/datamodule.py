@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.items import ItemSets
-from mmrec.data.prepared import (DatasetError, PreparedDataset, damaged_features, is_complete, is_prepared,
+from mmrec.data.prepared import (DatasetError, PreparedDataset, damaged_features, is_prepared,
                                  load_prepared, read_manifest, repair_command, unfinished_features,
                                  unregister_feature)
 from mmrec.features.featureset import FeatureSet
@@ -110,12 +110,11 @@ class RecDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if is_prepared(self.root):
             self._check_source_matches()
-            if is_complete(self.root):
-                return
             manifest = read_manifest(self.root)
-            damaged = damaged_features(self.root)
-            detail = "; ".join([f"feature stores {unfinished_features(manifest)} never finished"]
-                               * bool(unfinished_features(manifest))
+            unfinished, damaged = unfinished_features(manifest), damaged_features(self.root)
+            if not unfinished and not damaged:  # complete
+                return
+            detail = "; ".join([f"feature stores {unfinished} never finished"] * bool(unfinished)
                                + [f"features/{name}: {why}" for name, why in sorted(damaged.items())])
             if self.source is None or hasattr(self.source, "stages"):
                 raise DatasetError(f"{self.root}: the dataset is incomplete ({detail}); run "

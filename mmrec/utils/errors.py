@@ -25,14 +25,15 @@ class MmrecError(Exception):
 
 
 def user_error(err: BaseException) -> MmrecError | None:
-    """``err`` itself or the first :class:`MmrecError` among its causes (Hydra's
-    ``InstantiationException`` wraps the error of the constructor it called), or None."""
+    """``err`` itself or the first :class:`MmrecError` it was raised from (``raise ... from``:
+    Hydra's ``InstantiationException`` wraps the error of the constructor it called), or None.
+    Only explicit causes count: an error raised while *handling* a user error is a bug."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, MmrecError):
             return err
         seen.add(id(err))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
     return None
 
 
