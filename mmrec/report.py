@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import pandas as pd
 import yaml
 
-from mmrec.utils.config import CONFIG_DIR
+from mmrec.utils.config import CONFIG_DIR, flatten
 from mmrec.utils.errors import MmrecError, user_errors
 from mmrec.utils.logging import METRIC_ORDER
 
@@ -104,16 +104,6 @@ class Run:
     @property
     def optimized_metric(self) -> str:
         return str(self.record.get("optimized_metric") or self.config.get("optimized_metric") or "val/recall@20")
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become their string form (they are values)."""
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: str(node) if isinstance(node, list) else node}
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -98,6 +98,8 @@ def mlflow_logger(experiment_name: str, save_dir: str, tracking_uri: str | None 
     """
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from mmrec.utils.config import flatten
+
     class _Logger(MLFlowLogger):
         def log_metrics(self, metrics, step=None):
             super().log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step)
@@ -117,7 +119,7 @@ def mlflow_logger(experiment_name: str, save_dir: str, tracking_uri: str | None 
         from omegaconf import OmegaConf
 
         config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
-        logger.log_hyperparams(_flat(config))
+        logger.log_hyperparams(flatten(config))
         logger.experiment.log_artifact(logger.run_id, str(config_file))
     log.info("MLflow logging to %s (experiment %s)", uri, experiment_name)
     return logger
@@ -126,15 +128,6 @@ def mlflow_logger(experiment_name: str, save_dir: str, tracking_uri: str | None 
 def mlflow_key(name: str) -> str:
     """A metric name MLflow accepts: ``@k`` becomes ``_at_k``."""
     return name.replace("@", "_at_")
-
-
-def _flat(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out: dict = {}
-        for key, value in node.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 _WANDB_DIRS = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache", "WANDB_ARTIFACT_DIR": "artifacts"}
