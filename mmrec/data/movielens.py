@@ -26,11 +26,12 @@ import pandas as pd
 from mmrec.data.itemtable import ImageOptions, atomic_parquet, run_image_stage, write_tables
 from mmrec.data.mmrec_format import _read_mapping, read_inter
 from mmrec.data.prepared import DatasetError
-from mmrec.data.splits import TRAIN, hold_out_cold_items
+from mmrec.data.splits import TRAIN, hold_out_cold_items, split_leave_last_out
 from mmrec.data.stages import Stage, run_stages
 from mmrec.data.text import clean_text
 
 TEXT_FIELDS = ("summary", "genres", "cast", "director")
+SPLITS = ("given", "leave_last_out")
 _LABELS = {"summary": "", "genres": "Genres: ", "cast": "Cast: ", "director": "Director: "}
 
 
@@ -57,27 +58,45 @@ class MovieLens100kSource:
         progress: progress bars.
         cold_items: share of movies held out of training entirely (0: the given split).
         cold_seed: seed choosing the held-out movies and their validation/test side.
+        split: ``given`` (the ``x_label`` column) or ``leave_last_out`` (per user by timestamp:
+            latest -> test, second latest -> validation; not with ``cold_items``).
+        split_seed: seed of the random order breaking ties in time (``leave_last_out`` only).
     """
 
     def __init__(self, path: str, text_fields: Sequence[str] = TEXT_FIELDS, images: ImageOptions | None = None,
-                 progress: bool = True, cold_items: float = 0.0, cold_seed: int = 0):
+                 progress: bool = True, cold_items: float = 0.0, cold_seed: int = 0, split: str = "given",
+                 split_seed: int = 0):
         if not 0.0 <= cold_items < 1.0:
             raise ValueError(f"cold_items must be a share in [0, 1), got {cold_items}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split == "leave_last_out" and cold_items:
+            raise ValueError(f"split=leave_last_out cannot be combined with cold_items={cold_items}: held-out "
+                             "movies would move interactions from the middle of a user's history into "
+                             "validation/test; use one or the other (dataset=ml100k_seq or dataset=ml100k_cold)")
         self.path = Path(path)
         self.text_fields = tuple(text_fields)
         self.images = images or ImageOptions(workers=2)
         self.progress = progress
         self.cold_items = float(cold_items)
         self.cold_seed = int(cold_seed)
+        self.split = split
+        self.split_seed = int(split_seed)
+
+    def _split_settings(self) -> dict:
+        # nothing for the given split, so that folders prepared before the option existed (and
+        # their stage keys) stay valid; any other split names itself and its tie-break seed
+        return {} if self.split == "given" else {"split": self.split, "split_seed": self.split_seed}
 
     def describe(self) -> dict:
         return {"type": "ml100k", "path": str(self.path), "text_fields": list(self.text_fields),
-                "images": self.images.as_dict(), "cold_items": self.cold_items, "cold_seed": self.cold_seed}
+                "images": self.images.as_dict(), "cold_items": self.cold_items, "cold_seed": self.cold_seed,
+                **self._split_settings()}
 
     def stages(self, root: str | Path) -> list[Stage]:
         root = Path(root)
         return [Stage("items", {"text_fields": list(self.text_fields), "cold_items": self.cold_items,
-                                "cold_seed": self.cold_seed}, lambda: self._items(root)),
+                                "cold_seed": self.cold_seed, **self._split_settings()}, lambda: self._items(root)),
                 Stage("images", self.images.as_dict(), lambda: self._images(root)),
                 Stage("tables", {}, lambda: self._tables(root))]
 
@@ -106,6 +125,12 @@ class MovieLens100kSource:
                               "text": [movie_text(r, self.text_fields) for r in records],
                               "image_urls": [json.dumps([str(p)] if p.exists() else []) for p in posters]})
         num_users = int(inter["user"].max() + 1)
+        if self.split == "leave_last_out":
+            if "timestamp" not in inter:
+                raise DatasetError(f"{self.path / 'ml100k.inter'}: no timestamp column; split=leave_last_out "
+                                   "orders each user's interactions by it (use split=given).")
+            inter["split"] = split_leave_last_out(inter["user"].to_numpy(), inter["timestamp"].to_numpy(),
+                                                  self.split_seed).astype(inter["split"].dtype)
         cold = 0
         if self.cold_items:
             split, cold_mask = hold_out_cold_items(inter["item"].to_numpy(), inter["split"].to_numpy(),
@@ -128,6 +153,10 @@ class MovieLens100kSource:
 
     def _tables(self, root: Path) -> dict:
         rule = {"rule": "given", "detail": "x_label of ml100k.inter (MMRec split)"}
+        if self.split == "leave_last_out":
+            rule = {"rule": "leave_last_out", "detail": "per user by the timestamps of ml100k.inter: latest -> test, "
+                    "second latest -> validation, the rest training; ties in time broken by a random order "
+                    f"seeded with split_seed={self.split_seed}", "split_seed": self.split_seed}
         if self.cold_items:
             rule.update(detail=rule["detail"] + f"; every interaction of {self.cold_items:.0%} of the movies "
                         "moved to validation/test (cold items)", cold_items=self.cold_items, cold_seed=self.cold_seed)
