@@ -1,6 +1,7 @@
 """The demo dataset: generated deterministically, no download, a real test of the method.
 
-Generative story (every draw from one seeded ``numpy`` generator):
+Generative story (every draw from one seeded ``numpy`` generator, the time order from a
+second stream of the same seed):
 
 * ``num_styles`` latent styles; each has a colour (hue), a shape and a small vocabulary.
 * Each item belongs to one style. Its **image** (a PIL drawing: the style's shape in a
@@ -11,11 +12,24 @@ Generative story (every draw from one seeded ``numpy`` generator):
 * Each user prefers ``styles_per_user`` styles (Dirichlet weights) and takes
   ``noise_share`` of their interactions at random; item choice is sampled without
   replacement with the Gumbel top-k trick, for all users at once.
+* **Time order** (``timestamp``: steps 1, 2, ... within each user): interests drift. A user
+  visits their preferred styles in phases, in a random order of the styles: every
+  interaction with the first style, then every one with the second, ...; interactions with
+  any other style (the noise share) fall at uniformly random steps, mixed into all phases
+  (:func:`drift_steps`). The latest items thus tell the next item's style better than the
+  whole history does: a sequence model can use that, a model of the user-item graph cannot.
+  The order only permutes each user's items, so the interactions and the random split are
+  those of the unordered generator.
 * ``cold_item_share`` of the items are **cold**: none of their interactions is in the
-  training split; they appear only in validation (half of the cold items) and test
-  (the other half), so only content can rank them.
-* Warm interactions are split per user at random 8:1:1 (the MMRec protocol), keeping at
-  least one training interaction per user.
+  training split. With ``split=random`` they appear only in validation (half of the cold
+  items) and test (the other half); with ``split=leave_last_out`` they are new items,
+  released at the end: only their interactions at a user's last two steps are kept (the
+  others are dropped), so they reach validation or test and a cold item may be a
+  validation item for one user and a test item for another.
+* ``split=random`` (default): warm interactions are split per user at random 8:1:1 (the
+  MMRec protocol), keeping at least one training interaction per user.
+  ``split=leave_last_out``: per user, the latest interaction is test, the one before it
+  validation, the rest training (:func:`mmrec.data.splits.split_leave_last_out`).
 
 Features come from the deterministic modality encoders of :mod:`mmrec.features.simple`
 (pixel projection for images, hashed bag of words for text).
@@ -32,6 +46,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from mmrec.data.prepared import write_prepared
+from mmrec.data.splits import _rank_within_user, split_leave_last_out
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +56,7 @@ COLOUR_WORDS = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azu
 STYLE_WORDS = ("vintage", "sporty", "minimal", "floral", "rustic", "urban", "classic", "bold",
                "cosy", "elegant", "retro", "tropical", "nordic", "glam", "boho", "techy",
                "gothic", "pastel", "preppy", "grunge", "coastal", "safari", "cosmic", "zen")
+SPLITS = ("random", "leave_last_out")
 FILLER = ("great", "quality", "product", "new", "value", "daily", "use", "gift", "size",
           "easy", "care", "soft", "durable", "light", "pack", "set", "fit", "comfort")
 
@@ -75,6 +91,24 @@ def _draw(shape: str, rgb: tuple[int, int, int], size: int, rng: np.random.Gener
     return img
 
 
+def drift_steps(users: np.ndarray, styles: np.ndarray, phases: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Time step (1, 2, ...) of every interaction inside its user's history; see the module docstring.
+
+    Args:
+        users: [N] user of each interaction.
+        styles: [N] style of each interaction's item.
+        phases: [U, k] each user's preferred styles in the order they are visited.
+        rng: draws the order inside a phase and the steps of the other styles' interactions.
+    """
+    num_users, k = phases.shape
+    phase_of = np.full((num_users, max(int(styles.max(initial=0)), int(phases.max(initial=0))) + 1), -1)
+    phase_of[np.arange(num_users)[:, None], phases] = np.arange(k)[None, :]  # [U, S]: phase of a style, -1 none
+    phase = phase_of[users, styles]  # [N]
+    # a preferred style's interactions fill its phase [p, p + 1); the others spread over [0, k)
+    key = np.where(phase >= 0, phase + rng.random(len(users)), k * rng.random(len(users)))
+    return _rank_within_user(users, key)[0] + 1
+
+
 class DemoSource:
     """Generate the demo dataset into a prepared-dataset folder (tables, images, features).
 
@@ -91,6 +125,8 @@ class DemoSource:
         misleading_text_share: share of items whose text names another style's word.
         feature_dim: dimension of the generated image and text features.
         seed: the one seed of the generator.
+        split: ``random`` (per user 8:1:1) or ``leave_last_out`` (per user by time step:
+            latest -> test, second latest -> validation).
     """
 
     # features come with the source (generated / imported .npy), not from the modality_encoder group
@@ -100,10 +136,13 @@ class DemoSource:
                  styles_per_user: int = 2, interactions_per_user: int = 20,
                  noise_share: float = 0.1, popularity_exponent: float = 0.8,
                  cold_item_share: float = 0.1, image_size: int = 32,
-                 misleading_text_share: float = 0.15, feature_dim: int = 64, seed: int = 0):
+                 misleading_text_share: float = 0.15, feature_dim: int = 64, seed: int = 0,
+                 split: str = "random"):
         if num_styles > len(STYLE_WORDS) // 2:  # each style owns a distinct pair of style words
             raise ValueError(f"num_styles={num_styles}: the built-in vocabulary gives at most "
                              f"{len(STYLE_WORDS) // 2} distinct styles")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.num_users = num_users
         self.num_items = num_items
         self.num_styles = num_styles
@@ -116,6 +155,7 @@ class DemoSource:
         self.misleading_text_share = misleading_text_share
         self.feature_dim = feature_dim
         self.seed = seed
+        self.split = split
 
     def describe(self) -> dict:
         return {"type": "demo", **{k: v for k, v in vars(self).items()}}
@@ -165,8 +205,34 @@ class DemoSource:
         users = np.repeat(np.arange(U), n_per_user)
         items = order[take]
 
-        # Cold items: all their interactions go to valid (first half) or test (second half).
+        # the user's styles in visiting order: chosen's columns are already a random order
+        steps = drift_steps(users, item_style[items], chosen, np.random.default_rng((self.seed, 1)))
+
         cold = rng.permutation(I)[: int(round(self.cold_item_share * I))]
+        if self.split == "leave_last_out":
+            users, items, steps, split = self._leave_last_out(users, items, steps, cold)
+        else:
+            split = self._random_split(users, items, cold, rng)
+
+        interactions = pd.DataFrame({"user": users, "item": items, "rating": 1.0,
+                                     "timestamp": steps, "split": split})
+        # Users left without training interactions are dropped (rare: needs all-cold picks).
+        has_train = np.bincount(users[split == 0], minlength=U) > 0
+        interactions = interactions[has_train[interactions["user"].to_numpy()]]
+        remap = np.cumsum(has_train) - 1
+        interactions["user"] = remap[interactions["user"].to_numpy()]
+        users_df = pd.DataFrame({"user": np.arange(int(has_train.sum())),
+                                 "raw_id": [f"u{u}" for u in np.flatnonzero(has_train)]})
+        items_df = pd.DataFrame({"item": np.arange(I), "raw_id": [f"i{i}" for i in range(I)],
+                                 "title": titles, "text": texts,
+                                 "image": [f"images/{i}.png" for i in range(I)]})
+        return interactions, items_df, users_df, images, item_style
+
+    def _random_split(self, users: np.ndarray, items: np.ndarray, cold: np.ndarray,
+                      rng: np.random.Generator) -> np.ndarray:
+        """Cold items: all their interactions go to valid (first half) or test (second half);
+        warm ones per user at random 8:1:1."""
+        I, U = self.num_items, self.num_users
         cold_valid, cold_test = np.zeros(I, bool), np.zeros(I, bool)
         cold_valid[cold[: len(cold) // 2]] = True
         cold_test[cold[len(cold) // 2:]] = True
@@ -183,20 +249,26 @@ class DemoSource:
         split[order[(frac >= 0.9) & (rank > 0)]] = 2
         split[cold_valid[items]] = 1
         split[cold_test[items]] = 2
+        return split
 
-        interactions = pd.DataFrame({"user": users, "item": items, "rating": 1.0,
-                                     "timestamp": 0, "split": split})
-        # Users left without training interactions are dropped (rare: needs all-cold picks).
-        has_train = np.bincount(users[split == 0], minlength=U) > 0
-        interactions = interactions[has_train[interactions["user"].to_numpy()]]
-        remap = np.cumsum(has_train) - 1
-        interactions["user"] = remap[interactions["user"].to_numpy()]
-        users_df = pd.DataFrame({"user": np.arange(int(has_train.sum())),
-                                 "raw_id": [f"u{u}" for u in np.flatnonzero(has_train)]})
-        items_df = pd.DataFrame({"item": np.arange(I), "raw_id": [f"i{i}" for i in range(I)],
-                                 "title": titles, "text": texts,
-                                 "image": [f"images/{i}.png" for i in range(I)]})
-        return interactions, items_df, users_df, images, item_style
+    def _leave_last_out(self, users: np.ndarray, items: np.ndarray, steps: np.ndarray,
+                        cold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cold items are released at the end: their interactions before a user's last two
+        steps are dropped. Then latest -> test, second latest -> validation."""
+        is_cold = np.zeros(self.num_items, bool)
+        is_cold[cold] = True
+        length = np.bincount(users, minlength=self.num_users)[users]
+        keep = ~is_cold[items] | (steps >= length - 1)
+        users, items, steps = users[keep], items[keep], steps[keep]
+        return users, items, steps, split_leave_last_out(users, steps, self.seed)
+
+    def split_rule(self) -> dict:
+        """The split as recorded in ``manifest.json``."""
+        if self.split == "leave_last_out":
+            return {"rule": "leave_last_out", "detail": "per user by the generated time steps: latest -> test, "
+                    "second latest -> validation, the rest training; cold items only at a user's last two steps",
+                    "cold_items": self.cold_item_share, "seed": self.seed}
+        return {"rule": "random_8_1_1_per_user", "cold_items": self.cold_item_share, "seed": self.seed}
 
     def prepare(self, root: str | Path) -> dict:
         from mmrec.data.features_stage import extract_images, extract_texts
@@ -208,8 +280,7 @@ class DemoSource:
         for i, img in enumerate(images):
             img.save(root / "images" / f"{i}.png")
         write_prepared(root, name="demo", interactions=interactions, items=items, users=users,
-                       split_rule={"rule": "random_8_1_1_per_user", "cold_items": self.cold_item_share,
-                                   "seed": self.seed},
+                       split_rule=self.split_rule(),
                        source=self.describe(), expected_features=["image", "text"])
         extract_images(root, "image", PixelProjectionEncoder(dim=self.feature_dim, seed=self.seed))
         return extract_texts(root, "text", HashedBowEncoder(dim=self.feature_dim, seed=self.seed))
