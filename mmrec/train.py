@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mmrec.evaluation.evaluator import Evaluator
+from mmrec.fusion import NoFusion
 from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
@@ -79,12 +80,17 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
     fusion = instantiate(cfg.fusion)
     encoder_cls = get_class(cfg.model.encoder._target_)
     kwargs: dict[str, Any] = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
-    if encoder_cls.uses_content:
+    # a model whose content is optional (the sequential ones) reads it unless the fusion is `none`
+    reads_content = encoder_cls.uses_content and not (getattr(encoder_cls, "content_optional", False)
+                                                      and issubclass(get_class(cfg.fusion._target_), NoFusion))
+    if reads_content:
         if len(datamodule.features) == 0:
             raise ConfigError(f"model {encoder_cls.__name__} needs item features but dataset "
                               f"{datamodule.root} has none; extract features or pick an ID model.")
         kwargs.update(features=datamodule.features, fusion=fusion)
     encoder = instantiate(cfg.model.encoder, **kwargs)
+    # history models train on what they declare: (user, item) pairs or users with their sequences
+    datamodule.train_unit = getattr(encoder, "train_unit", "pairs")
     if hasattr(encoder, "fit"):  # closed-form models (iALS) are fitted here, for training and export alike
         start = time.time()
         encoder.fit(datamodule.graph)
@@ -101,11 +107,12 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
         graph=datamodule.graph,
         train_matrix=datamodule.train_matrix,
         evaluator=evaluator,
-        features=datamodule.features if encoder_cls.uses_content else None,
+        features=datamodule.features if encoder.uses_content else None,
         optimizer=instantiate(cfg.model.optimizer) if cfg.model.get("optimizer") else None,
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         l2_weight=cfg.model.l2_weight,
         monitor=cfg.optimized_metric,
+        sequences=datamodule.sequences,
     )
     return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module}
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.items import ItemSets
+from mmrec.core.sequences import UserSequences
 from mmrec.data.prepared import (DatasetError, PreparedDataset, damaged_features, is_prepared,
                                  load_prepared, read_manifest, repair_command, unfinished_features,
                                  unregister_feature)
@@ -105,6 +106,7 @@ class RecDataModule(L.LightningDataModule):
         self.verify = verify
         self.budget = dict(budget or {})
         self.dataset: PreparedDataset | None = None
+        self.train_unit = "pairs"  # what a training batch holds: set by the model (train.build_module)
 
     # -- preparation ----------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -166,6 +168,10 @@ class RecDataModule(L.LightningDataModule):
         self.valid_matrix = InteractionMatrix(*ds.split("valid"), u, i)
         self.test_matrix = InteractionMatrix(*ds.split("test"), u, i)
         self.graph = BipartiteGraph(self.train_matrix, self.item_sets)
+        inter = ds.interactions
+        # every user's interactions in time order (the input of history models; cheap to build)
+        self.sequences = UserSequences(inter["user"].to_numpy(), inter["item"].to_numpy(),
+                                       inter["timestamp"].to_numpy(), inter["split"].to_numpy(), u, i)
         names = list(ds.feature_entries) if self.feature_names is None else self.feature_names
         self.features = FeatureSet({name: _usable(ds, name) for name in names})
         train_users, train_items = ds.split("train")
@@ -198,6 +204,12 @@ class RecDataModule(L.LightningDataModule):
     # -- loaders --------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         self._require()
+        if self.train_unit == "users":  # sequence models: a batch is users [B], each with its whole history
+            return DataLoader(_UserDataset(self.train_matrix.users_with_items()), batch_size=self.batch_size,
+                              shuffle=True, collate_fn=_identity, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
+        if self.train_unit != "pairs":
+            raise ValueError(f"train_unit must be 'pairs' or 'users', got {self.train_unit!r}")
         return DataLoader(self._train_pairs, batch_size=self.batch_size, shuffle=True,
                           collate_fn=_identity, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

@@ -12,18 +12,21 @@ import lightning as L
 import torch
 
 from mmrec.core.interactions import InteractionMatrix
-from mmrec.evaluation.evaluator import EvaluationPass, Evaluator, embedding_scorer
+from mmrec.core.sequences import UserSequences
+from mmrec.evaluation.evaluator import HISTORY, EvaluationPass, Evaluator, ScoreFn, embedding_scorer
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
-from mmrec.models.base import GraphRecommender
+from mmrec.models.base import GraphRecommender, TrainingContext
 from mmrec.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
 
 
 class RecModule(L.LightningModule):
-    """Trains an encoder with BPR + L2; evaluates it by full ranking through ``evaluator``.
+    """Trains an encoder with BPR + L2 (or, for a
+    :class:`~mmrec.models.base.HistoryRecommender`, with the model's own objective); evaluates
+    it by full ranking through ``evaluator``.
 
     Args:
         encoder: the graph recommender (``forward(graph, features) -> (user_emb, item_emb)``).
@@ -37,6 +40,8 @@ class RecModule(L.LightningModule):
         scheduler: optional ``partial`` that takes the optimizer.
         l2_weight: :math:`\\lambda` of the L2 term on the batch's layer-0 embeddings.
         monitor: the validation metric used for model selection (``val/recall@20``).
+        sequences: users' time-ordered histories; required by a model that represents users
+            from their history (``encoder.user_from_history``).
     """
 
     def __init__(
@@ -51,10 +56,11 @@ class RecModule(L.LightningModule):
         scheduler: Callable[..., object] | None = None,
         l2_weight: float = 1e-4,
         monitor: str = "val/recall@20",
+        sequences: UserSequences | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "sampler", "graph", "train_matrix", "evaluator",
-                                          "features", "optimizer", "scheduler"])
+                                          "features", "optimizer", "scheduler", "sequences"])
         self.encoder = encoder
         if optimizer is None and encoder.trainable:
             raise ValueError(f"{type(encoder).__name__} is trained by gradient steps: it needs an optimizer")
@@ -73,15 +79,73 @@ class RecModule(L.LightningModule):
         self._pass: EvaluationPass | None = None  # the evaluation in progress
         self._warned_cold = False
         self.test_runs = 0  # the test split is meant to be evaluated once per run
-        self._epoch_sums = torch.zeros(4)
+        if encoder.user_from_history and (sampler.needs_scores or sampler.synthesizes):
+            raise ValueError(f"{type(encoder).__name__} draws negatives without scores: use sampler=uniform or "
+                             f"sampler=popularity (not {type(sampler).__name__})")
+        if encoder.user_from_history and sequences is None:
+            raise ValueError(f"{type(encoder).__name__} represents users from their histories: it needs sequences")
+        self.sequences = sequences
+        self._terms = (("loss", "bpr", "reg", "aux") if not encoder.user_from_history
+                       else ("loss", *encoder.loss_terms))  # the epoch means logged as train/<term>
+        self._epoch_sums = torch.zeros(len(self._terms))
         self._epoch_count = 0
+
+    def _context(self) -> TrainingContext:
+        """What a history model's objective reads (built per step: cheap references; the
+        item shares are a buffer-sized bincount computed once)."""
+        if not hasattr(self, "_item_log_prob") or self._item_log_prob.device != self.device:
+            degree = self.train_matrix.item_degree().to(torch.float64)
+            self._item_log_prob = (degree / degree.sum()).log().float()  # [I]; cold items -inf
+        return TrainingContext(self.graph, self.features, self.train_matrix, self.sequences, self.sampler,
+                               self._item_log_prob)
 
     # -- representations ------------------------------------------------------------
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(self.graph, self.features)
+        return self.user_item_vectors()
+
+    def user_item_vectors(self, split: str = "known", batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(user_emb [U, d], item_emb [I, d])`` in the current mode. A graph model's tables
+        come from ``forward``; a history model's user rows from each user's history before
+        ``split`` (``known``: training and validation, what serving and the test ranking use),
+        in batches of ``batch_size`` users."""
+        if not self.encoder.user_from_history:
+            return self.encoder(self.graph, self.features)
+        item_emb = self.encoder.item_representations(self.graph, self.features)
+        users = torch.arange(self.train_matrix.num_users, device=item_emb.device)
+        rows = [self._history_users(users[b:b + batch_size], item_emb, split)
+                for b in range(0, len(users), batch_size)]
+        return torch.cat(rows), item_emb
+
+    def _history_users(self, users: torch.Tensor, item_emb: torch.Tensor, split: str) -> torch.Tensor:
+        """``[B, d]`` representations of ``users`` from their histories before ``split``: the
+        model's input is always everything known before the ranked split (:data:`HISTORY`),
+        whatever the evaluator masks."""
+        histories = self.sequences.batch(users, HISTORY[split], self.encoder.max_len)  # [B, W]
+        return self.encoder.user_representations(histories, item_emb, users)
+
+    def scorer(self, split: str) -> tuple[ScoreFn, torch.Tensor, torch.Tensor | None]:
+        """``(score_fn, item_emb, user_emb)`` of one evaluation of ``split`` in the current mode:
+        the representations are computed here, once; a history model's user rows are computed
+        per scored batch (``user_emb`` ``None``)."""
+        if not self.encoder.user_from_history:
+            user_emb, item_emb = self.encoder(self.graph, self.features)
+            return embedding_scorer(user_emb, item_emb, self.encoder.score_all), item_emb, user_emb
+        item_emb = self.encoder.item_representations(self.graph, self.features)
+
+        def score(users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            return self.encoder.score_all(self._history_users(users, item_emb, split), item_emb, out=out)
+
+        return score, item_emb, None
 
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.encoder.user_from_history:  # the model's own objective over histories
+            terms = self.encoder.training_loss(batch, self._context())
+            users = batch[0] if isinstance(batch, (tuple, list)) else batch
+            values = torch.stack([terms[name] for name in self._terms])
+            self._epoch_sums = self._epoch_sums + values.detach() * len(users)
+            self._epoch_count += len(users)
+            return terms["loss"]
         users, pos = batch  # [B], [B]
         if self.encoder.item_local and not (self.sampler.needs_scores or self.sampler.synthesizes):
             # Item-local encoder (no propagation) and negatives drawn without scores: compute
@@ -135,16 +199,17 @@ class RecModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.encoder.refresh(self.features)
-        self._epoch_sums = torch.zeros(4, device=self.device)
+        self._epoch_sums = torch.zeros(len(self._terms), device=self.device)
         self._epoch_count = 0
 
     def epoch_losses(self) -> dict[str, float]:
         """Means over the current training epoch so far: ``train/loss`` (what is minimised),
-        ``train/bpr``, ``train/reg`` (the L2 term before its weight), ``train/aux``."""
+        ``train/bpr``, ``train/reg`` (the L2 term before its weight), ``train/aux``; for a
+        history model ``train/loss`` and its own terms."""
         if self._epoch_count == 0:
             return {}
         means = (self._epoch_sums / self._epoch_count).tolist()
-        return dict(zip(("train/loss", "train/bpr", "train/reg", "train/aux"), means))
+        return {f"train/{name}": value for name, value in zip(self._terms, means)}
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_losses().items():
@@ -175,11 +240,10 @@ class RecModule(L.LightningModule):
         self.eval()  # as in evaluation: no edge dropout, cold items estimated
         try:
             with torch.no_grad():
-                user_emb, item_emb = self.encoder(self.graph, self.features)
+                score_fn, _, _ = self.scorer(split)
+                return self.evaluator.top_items(score_fn, users, k, split, self.unrankable_items())
         finally:
             self.train(was_training)
-        return self.evaluator.top_items(embedding_scorer(user_emb, item_emb, self.encoder.score_all),
-                                        users, k, split, self.unrankable_items())
 
     def _collect_lists(self) -> bool:
         """Whether this evaluation collects top-k lists (beyond-accuracy metrics): on every one,
@@ -196,15 +260,15 @@ class RecModule(L.LightningModule):
         # Representations are computed once per evaluation pass, explicitly, and dropped at
         # its end: no cache survives into training or is filled by forward().
         with torch.no_grad():
-            user_emb, item_emb = self.encoder(self.graph, self.features)
+            score_fn, item_emb, user_emb = self.scorer(split)
         unrankable = self.unrankable_items()
         if unrankable is not None and not self._warned_cold:
             log.warning("%s uses no content: it cannot score the %d cold items (no training "
                         "interaction), so they are ranked last; see the */cold/* metrics.",
                         type(self.encoder).__name__, int(unrankable.sum()))
             self._warned_cold = True
-        self._pass = self.evaluator.start(split, embedding_scorer(user_emb, item_emb, self.encoder.score_all),
-                                          unrankable, self._collect_lists(), item_emb, user_emb.device)
+        self._pass = self.evaluator.start(split, score_fn, unrankable, self._collect_lists(), item_emb,
+                                          item_emb.device)
 
     def _end_pass(self, prefix: str) -> dict[str, float]:
         assert self._pass is not None

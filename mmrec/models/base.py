@@ -7,7 +7,8 @@ logging and evaluation for all of them. Encoders do no file I/O and read no conf
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ class GraphRecommender(nn.Module):
 
     uses_content: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
+    #: the user representation is computed from a batch of histories (:class:`HistoryRecommender`)
+    user_from_history: ClassVar[bool] = False
     supported_fusions: ClassVar[tuple[str, ...]] = ("none",)
     item_local: ClassVar[bool] = False
 
@@ -154,3 +157,79 @@ class ColdItemNeighbours(nn.Module):
         length = sums[:, -2:-1] / sums[:, -1:].clamp_min(1e-12)  # [I, 1] weighted mean length
         return torch.where(known.unsqueeze(1), emb, direction * length)
 
+
+
+@dataclass
+class TrainingContext:
+    """What a :class:`HistoryRecommender`'s own objective may read in a training step; built
+    once by the training module (constants only).
+
+    Attributes:
+        graph: the training graph (its ``item_sets`` say which items are cold).
+        features: item features (empty for ID-only models).
+        train_matrix: training interactions (positives; exact negatives via ``nth_negative``).
+        sequences: users' time-ordered histories (:class:`~mmrec.core.sequences.UserSequences`).
+        sampler: the run's negative sampler (for objectives with sampled negatives).
+        item_log_prob: ``[I]`` log of each item's share of the training pairs (the
+            probability that a uniformly drawn training pair has this item): the logQ
+            correction of in-batch negatives; ``-inf`` for cold items.
+    """
+
+    graph: BipartiteGraph
+    features: Any
+    train_matrix: Any
+    sequences: Any
+    sampler: Any
+    item_log_prob: torch.Tensor
+
+
+class HistoryRecommender(GraphRecommender):
+    """The extended contract: a user's representation is computed from a batch of histories.
+
+    A sequential model's user vector depends on the history up to the evaluation point, and a
+    two-tower model's user tower reads the items a user interacted with, so such a model
+    cannot return a fixed ``[U, d]`` table from ``forward``. Instead it provides:
+
+    * :meth:`item_representations` ``(graph, features) -> [I, d]``, computed once per
+      evaluation pass as for every model;
+    * :meth:`user_representations` ``(histories [B, W], item_emb, users [B]) -> [B, d]``
+      where ``histories`` are the users' items in time order, left-padded with ``-1``
+      (:meth:`~mmrec.core.sequences.UserSequences.batch`): at validation the training
+      history, at test and in serving the training and validation history;
+    * :meth:`training_loss` ``(batch, context) -> {"loss": ..., <term>: ...}``: the model's
+      own objective (sampled softmax, masked items, ...), since its training examples are
+      histories rather than (user, item) pairs alone.
+
+    Scores are ``score_all(user_rows, item_emb)`` (a dot product) as for every model, so the
+    one :class:`~mmrec.evaluation.evaluator.Evaluator` ranks, masks and counts them exactly
+    as it does for the graph models.
+
+    Class attributes:
+        train_unit: ``pairs`` (training batches are ``(users [B], items [B])`` as for BPR) or
+            ``users`` (batches are ``users [B]``; the model reads their sequences).
+        loss_terms: names of the terms :meth:`training_loss` returns besides ``loss``
+            (logged as ``train/<term>``).
+        max_len: histories are capped to the latest ``max_len`` items (instance attribute).
+    """
+
+    user_from_history: ClassVar[bool] = True
+    train_unit: ClassVar[str] = "pairs"
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+    max_len: int
+
+    def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise TypeError(f"{type(self).__name__} represents users from their histories: use item_representations() "
+                        f"and user_representations() (RecModule.user_item_vectors() builds both tables)")
+
+    def item_representations(self, graph: BipartiteGraph, features=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_representations(self, histories: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor
+                             ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, batch, context: TrainingContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def ego_embeddings(self):
+        return (), ()  # regularised by the optimiser's weight decay, not the BPR L2 term

@@ -15,6 +15,10 @@ A bundle is a read-only folder::
       content_vectors.npy       float32 [I, D]  fused raw item features (optional): similarity,
                                                 re-ranking, "because of", content candidates
       text_vectors.npy          float32 [I, D_t] item text features (optional): text queries
+      tower_weight.npy          float32 [d, d]  a two-tower model's user tower (optional; with
+      tower_bias.npy            float32 [d]     tower_query [d] for attention pooling): new
+      tower_query.npy           float32 [d]     visitors' vectors at request time (manifest
+                                                "user_tower": pooling, max_history)
       items.parquet             item, raw_id, title, text, image (relative to the bundle), group
       users.parquet             user, raw_id
       images/                   the items' images (optional)
@@ -47,6 +51,8 @@ VERSION = 1
 REQUIRED_ARRAYS = ("user_vectors", "item_vectors", "item_rankable", "item_popularity", "history_indptr",
                    "history_indices")
 OPTIONAL_ARRAYS = ("content_vectors", "text_vectors")
+#: a two-tower model's user tower (:func:`mmrec.serving.recommender.tower_fold_in`)
+TOWER_ARRAYS = ("tower_weight", "tower_bias", "tower_query")
 TABLES = ("items.parquet", "users.parquet")
 
 
@@ -88,7 +94,7 @@ def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: p
     tmp.mkdir()
     try:
         for name, array in arrays.items():
-            if name not in REQUIRED_ARRAYS + OPTIONAL_ARRAYS:
+            if name not in REQUIRED_ARRAYS + OPTIONAL_ARRAYS + TOWER_ARRAYS:
                 raise BundleError(f"unknown bundle array {name!r}")
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
         items = items.copy()
@@ -190,7 +196,7 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
         if f"{name}.npy" not in files:
             raise BundleError(f"{root / (name + '.npy')}: required by the bundle format but not in manifest.json; {how}")
     arrays = {}
-    for name in REQUIRED_ARRAYS + OPTIONAL_ARRAYS:
+    for name in REQUIRED_ARRAYS + OPTIONAL_ARRAYS + TOWER_ARRAYS:
         if f"{name}.npy" in files:
             try:
                 arrays[name] = np.load(root / f"{name}.npy", mmap_mode="r", allow_pickle=False)
@@ -220,6 +226,11 @@ def _check_shapes(bundle: Bundle, how: str) -> None:
     for name in OPTIONAL_ARRAYS:
         if name in a and a[name].shape[0] != num_items:
             problems.append(f"{name} has {a[name].shape[0]} rows for {num_items} items")
+    if "tower_weight" in a or "user_tower" in bundle.manifest:
+        tower = bundle.manifest.get("user_tower") or {}
+        if ("tower_weight" not in a or "tower_bias" not in a or a["tower_weight"].shape != (dim, dim)
+                or a["tower_bias"].shape != (dim,) or (tower.get("pooling") == "attention") != ("tower_query" in a)):
+            problems.append(f"the user tower ({tower or 'no manifest entry'}) does not match its arrays or {dim}-d vectors")
     if len(bundle.items) != num_items or len(bundle.users) != num_users:
         problems.append(f"tables have {len(bundle.items)} items / {len(bundle.users)} users, vectors "
                         f"{num_items} / {num_users}")

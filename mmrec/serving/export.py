@@ -88,7 +88,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         module.load_state_dict(state, strict=True)
     module.eval()
     with torch.no_grad():
-        user_emb, item_emb = module.encoder(module.graph, module.features)
+        # a history model's users from their known history (training + validation), as at test time
+        user_emb, item_emb = module.user_item_vectors("known")
     unrankable = module.unrankable_items()
     ds = datamodule.dataset
     indptr, indices = _history_csr(ds.interactions, ds.num_users)
@@ -100,11 +101,16 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         "item_popularity": datamodule.train_matrix.item_degree().cpu().numpy().astype(np.int64),
         "history_indptr": indptr, "history_indices": indices,
     }
+    if hasattr(module.encoder, "serving_user_tower"):  # two-tower: new visitors go through the user tower
+        tower, extra_tower = module.encoder.serving_user_tower()
+        arrays.update({name: t.float().cpu().numpy() for name, t in tower.items()})
     content = datamodule.features.content_vectors()
     if content is not None:
         arrays["content_vectors"] = content.float().numpy()
     extra: dict[str, Any] = {"num_users": ds.num_users, "num_items": ds.num_items,
                              "dim": int(arrays["item_vectors"].shape[1]), "score": "dot"}
+    if "tower_weight" in arrays:
+        extra["user_tower"] = extra_tower
     if "text" in datamodule.features:
         values, mask = datamodule.features["text"]
         arrays["text_vectors"] = (values * mask.unsqueeze(1)).float().numpy()

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mmrec.core.interactions import RowItems
+from mmrec.core.sequences import pool_history
 from mmrec.evaluation.ranking import top_items
 from mmrec.serving.bundle import Bundle, load_bundle
 from mmrec.serving.index import INDEXES
@@ -46,6 +47,9 @@ from mmrec.utils.errors import MmrecError
 log = logging.getLogger(__name__)
 
 FOLD_IN_RULES = ("mean", "ridge")
+#: what the Recommender's ``fold_in`` accepts: a rule, ``tower`` (the bundle's user tower) or
+#: ``auto`` (the tower when the bundle has one, else ``mean``)
+VISITOR_RULES = (*FOLD_IN_RULES, "tower", "auto")
 
 
 class RecommendError(MmrecError, ValueError):
@@ -117,6 +121,21 @@ def fold_in(item_vectors: torch.Tensor, liked: torch.Tensor, rule: str = "mean",
     return u.to(item_vectors.dtype)
 
 
+def tower_fold_in(item_vectors: torch.Tensor, liked: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  pooling: str = "mean", query: torch.Tensor | None = None) -> torch.Tensor:
+    r"""A two-tower model's user tower over item rows ``liked [n]`` (oldest first): ``[d]``.
+
+    :math:`\mathbf u = \mathrm{normalise}(W\,\mathrm{pool}(\{\mathbf v_i\}) + \mathbf b)`
+    with the pooling of training (:func:`mmrec.core.sequences.pool_history`) over the bundle's
+    item vectors, which are the item tower's outputs: the vector a new visitor gets is the one
+    the trained user tower computes for a user with that history (no user ID embedding).
+    """
+    pooled = pool_history(liked.reshape(1, -1), item_vectors.float(), pooling,
+                          None if query is None else query.float())  # [1, d]
+    u = pooled @ weight.float().T + bias.float()  # [1, d]
+    return _unit(u)[0].to(item_vectors.dtype)
+
+
 class Recommender:
     """Recommendations from a loaded :class:`~mmrec.serving.bundle.Bundle`.
 
@@ -131,7 +150,9 @@ class Recommender:
         content_candidates: extra candidates nearest in content space to the recent history
             (0: none; ignored without content vectors).
         recent: history items (the latest) that the content candidates are taken near.
-        fold_in: rule for new visitors' vectors (:func:`fold_in`); ``fold_in_reg`` its lambda.
+        fold_in: how new visitors get a vector: ``auto`` (the bundle's user tower when it has
+            one, :func:`tower_fold_in`; else ``mean``), ``tower``, or a :func:`fold_in` rule;
+            ``fold_in_reg`` the ridge lambda.
         max_k: the largest ``k`` a request may ask for.
         max_per_group: business rule: at most this many items of one ``group`` (an items-table
             column, e.g. a category) in a list; ``None``: no cap.
@@ -140,14 +161,20 @@ class Recommender:
 
     def __init__(self, bundle: Bundle, index: str | Callable = "exact", index_params: dict | None = None,
                  rerank: str | Callable = "mmr",
-                 candidates: int = 200, content_candidates: int = 50, recent: int = 10, fold_in: str = "mean",
+                 candidates: int = 200, content_candidates: int = 50, recent: int = 10, fold_in: str = "auto",
                  fold_in_reg: float = 1.0, max_k: int = 100, max_per_group: int | None = None, query_items: int = 5):
         if isinstance(rerank, str) and rerank not in RERANKERS:
             raise ValueError(f"rerank must be one of {sorted(RERANKERS)}, got {rerank!r}")
         if isinstance(index, str) and index not in INDEXES:
             raise ValueError(f"index must be one of {sorted(INDEXES)}, got {index!r}")
-        if fold_in not in FOLD_IN_RULES:
-            raise ValueError(f"fold_in must be one of {FOLD_IN_RULES}, got {fold_in!r}")
+        if fold_in not in VISITOR_RULES:
+            raise ValueError(f"fold_in must be one of {VISITOR_RULES}, got {fold_in!r}")
+        has_tower = "tower_weight" in bundle.arrays
+        if fold_in == "tower" and not has_tower:
+            raise ValueError(f"fold_in=tower: the bundle {bundle.root} has no user tower (only a two-tower model's "
+                             f"export has one); use mean or ridge")
+        if fold_in == "auto":
+            fold_in = "tower" if has_tower else "mean"
         for name, value in (("candidates", candidates), ("max_k", max_k), ("query_items", query_items)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -318,7 +345,13 @@ class Recommender:
         return [self._results(r, h) for r, h in zip(ranked, histories)]
 
     def user_vector_for_items(self, liked: Sequence[int]) -> torch.Tensor:
-        """The folded-in vector ``[d]`` of a visitor who liked item rows ``liked``."""
+        """The vector ``[d]`` of a visitor who liked item rows ``liked`` (oldest first): the
+        bundle's user tower (``tower``), or folded in from the liked items' vectors."""
+        if self.fold_in_rule == "tower":
+            a, spec = self.bundle.arrays, self.bundle.manifest["user_tower"]
+            rows = torch.as_tensor(np.asarray(liked, dtype=np.int64))[-int(spec["max_history"]):]
+            return tower_fold_in(self.item_vectors, rows, _tensor(a["tower_weight"]), _tensor(a["tower_bias"]),
+                                 spec["pooling"], _tensor(a["tower_query"]) if "tower_query" in a else None)
         return fold_in(self.item_vectors.float(), torch.as_tensor(np.asarray(liked)), self.fold_in_rule,
                        self.fold_in_reg)
 

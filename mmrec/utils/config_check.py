@@ -179,6 +179,19 @@ RULES: dict[str, Spec] = {
     "model.encoder.concat": BOOL,
     "model.encoder.learn_modality_weights": BOOL,
     "model.graph_weights.*": WEIGHT,
+    "model.encoder.heads": POSITIVE,                     # SASRec / BERT4Rec
+    "model.encoder.layers": POSITIVE,
+    "model.encoder.dropout": PROPER_SHARE,
+    "model.encoder.max_len": POSITIVE,
+    "model.encoder.mask_prob": _float(0.0, 1.0, low_open=True, high_open=True),
+    "model.encoder.negatives": POSITIVE,
+    "model.encoder.loss": Spec("choice", choices=("softmax", "bpr", "ce", "bce")),   # two-tower | SASRec
+    "model.encoder.temperature": _float(0.0, low_open=True),   # two-tower
+    "model.encoder.uniform_negatives": NON_NEGATIVE,
+    "model.encoder.pooling": Spec("choice", choices=("mean", "attention")),
+    "model.encoder.item_id": BOOL,
+    "model.encoder.user_id": BOOL,
+    "model.encoder.logq": BOOL,
     # model: optimiser (absent for pop / random)
     "model.optimizer.lr": _float(0.0, low_open=True),
     "model.optimizer.weight_decay": WEIGHT,
@@ -306,6 +319,7 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
         problems.append(f"trainer.devices={_show(devices)}: must be an int >= 1, -1 (every device), 'auto', "
                         f"or device ids ([0, 1] or '0,1')")
     problems += _fusion_problem(cfg)
+    problems += _history_problem(cfg)
     ckpt = _get(cfg, "ckpt_path")
     if ckpt is not None and str(ckpt) not in _LIGHTNING_CKPT_NAMES and not Path(str(ckpt)).is_file():
         problems.append(f"ckpt_path={str(ckpt)!r}: no such checkpoint file (resume from a run's "
@@ -372,3 +386,26 @@ def _fusion_problem(cfg: DictConfig) -> list[str]:
         return [f"model {encoder_cls.__name__} accepts fusion in {list(encoder_cls.supported_fusions)}, "
                 f"got fusion={name}; pick one of those with `fusion=<name>`."]
     return []
+
+
+def _history_problem(cfg: DictConfig) -> list[str]:
+    """A model that represents users from histories draws its negatives without scores, and its
+    own loss must be one it has."""
+    target, sampler = _get(cfg, "model.encoder._target_"), _get(cfg, "sampler._target_")
+    if target is None:
+        return []
+    from hydra.utils import get_class
+
+    encoder_cls = get_class(target)
+    if not encoder_cls.user_from_history:
+        return []
+    problems = []
+    if sampler is not None:
+        sampler_cls = get_class(sampler)
+        if getattr(sampler_cls, "needs_scores", False) or getattr(sampler_cls, "synthesizes", False):
+            problems.append(f"sampler={sampler_cls.__name__}: {encoder_cls.__name__} draws negatives without scores; "
+                            f"use sampler=uniform or sampler=popularity")
+    loss, allowed = _get(cfg, "model.encoder.loss"), getattr(encoder_cls, "losses", None)
+    if loss is not None and allowed is not None and loss not in allowed:
+        problems.append(f"model.encoder.loss={_show(loss)}: {encoder_cls.__name__} has the losses {list(allowed)}")
+    return problems
