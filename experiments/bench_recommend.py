@@ -15,7 +15,7 @@ and a plot of the accuracy-diversity trade-off.
 
 ``foldin``: 20% of the test users (seeded) are treated as new visitors who reveal n = 1, 3,
 5 of their training items; Recall / NDCG@20 of the folded-in vector (rules ``mean`` and
-``ridge``; only the revealed items excluded) against the same users with their trained
+``ridge``, and a two-tower bundle's user tower; only the revealed items excluded) against the same users with their trained
 vectors (their whole history excluded) and against popularity (revealed items excluded).
 
 ``latency``: in one process, one thread: p50 / p99 of ``Recommender.recommend`` for one user
@@ -197,7 +197,9 @@ def phase_foldin(runs: list[Path], tag: str, share: float = 0.2, seed: int = 0) 
         popularity = np.argsort(-np.asarray(rec.popularity), kind="stable")
         for n in (1, 3, 5):
             revealed = {u: rng.choice(train_of[u], size=n, replace=False).tolist() for u in hidden}
-            for rule in ("mean", "ridge"):
+            # a two-tower bundle also serves visitors through its user tower (the serving default for it)
+            rules = ("mean", "ridge") + (("tower",) if "tower_weight" in bundle.arrays else ())
+            for rule in rules:
                 rec.fold_in_rule = rule
                 lists = [[rec.item_index[r.item] for r in rec.recommend_for_items([rec.item_raw[i] for i in revealed[u]], k=K)]
                          for u in hidden]
@@ -218,6 +220,8 @@ def phase_foldin(runs: list[Path], tag: str, share: float = 0.2, seed: int = 0) 
   training items (drawn at random), get 20 items from `recommend_for_items` (only the revealed items excluded: the
   service knows nothing else of them), and are judged on their test items. "trained vector": the same users as known
   users (their trained vectors, whole history excluded). "popularity": the most popular items minus the revealed ones.
+  "fold-in (tower)": a two-tower model's user tower over the revealed items, run at request time (the serving default
+  for its bundles); mean / ridge fold its item vectors in as for the graph models.
 
 {chr(10).join(table)}
 """

@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.evaluation.evaluator import Evaluator
+from mmrec.evaluation.evaluator import HISTORY, Evaluator
 from mmrec.fusion import NoFusion
 from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
@@ -99,6 +99,8 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
     evaluator = Evaluator(
         datamodule.splits, datamodule.item_sets, ks=list(cfg.evaluation.ks),
         block=cfg.evaluation.get("rank_block"), lists=cfg.evaluation.get("lists", "final"),
+        # repeats allowed (mask_history false): nothing is removed from a ranking, a known item may be a hit
+        history=None if cfg.evaluation.get("mask_history", True) else {split: () for split in HISTORY},
         # intra-list diversity in the dataset's content space, the same for every model
         content=datamodule.features.content_vectors())
     module = RecModule(

@@ -253,3 +253,23 @@ def test_scored_samplers_are_refused_for_history_models(tmp_path):
     cfg = compose_cfg(["model=sasrec", "model.encoder.loss=softmax", f"paths.data_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="losses"):
         check_config(cfg)
+
+
+def test_history_masking_is_configurable_for_repeat_consumption(make_cfg):
+    from mmrec.core.interactions import InteractionMatrix
+    from mmrec.evaluation.evaluator import HISTORY, Evaluator
+
+    # user 0 consumed item 1 in training and again in test (a repeat); the model scores item 1 first
+    train = InteractionMatrix([0, 0], [1, 2], 1, 4)
+    test = InteractionMatrix([0], [1], 1, 4)
+    splits = {"train": train, "valid": InteractionMatrix([], [], 1, 4), "test": test}
+    scores = torch.tensor([[0.0, 3.0, 2.0, 1.0]])
+    score_fn = lambda users, out=None: scores[users].clone()  # noqa: E731
+    masked = Evaluator(splits, ItemSets(torch.ones(4, dtype=torch.bool)), ks=[1])
+    repeats = Evaluator(splits, ItemSets(torch.ones(4, dtype=torch.bool)), ks=[1], history={s: () for s in HISTORY})
+    assert masked.evaluate(score_fn, "test")["recall@1"] == 0.0  # a known item is never ranked
+    assert repeats.evaluate(score_fn, "test")["recall@1"] == 1.0
+    from mmrec.train import build_module
+
+    module = build_module(make_cfg(["evaluation.mask_history=false", "logger=none"]))["module"]
+    assert all(module.evaluator.history(s) == [] for s in ("valid", "test"))

@@ -123,6 +123,7 @@ RULES: dict[str, Spec] = {
     "keep_freed_memory": BOOL,
     "threads": _int(1, nullable=True),
     "evaluation.rank_block": _int(1, nullable=True),
+    "evaluation.mask_history": BOOL,
     # evaluation.ks and evaluation.lists: in _cross_checks (a list; the lists modes are the evaluator's)
     # dataset: the DataModule (every dataset)
     "dataset.batch_size": POSITIVE,
