@@ -183,6 +183,51 @@ def test_two_tower_loss_is_the_logq_corrected_in_batch_softmax_of_its_towers(mak
     assert not (hist == pos.unsqueeze(1)).any()
 
 
+def test_mixed_negatives_logq_is_the_expected_count_under_both_draws(make_cfg):
+    from mmrec.train import build_module
+
+    module = build_module(make_cfg(["model=two_tower", "model.encoder.uniform_negatives=3", "logger=none"]))["module"]
+    model, ctx = module.encoder, module._context()
+    users, pos = torch.tensor([0, 1]), torch.tensor([5, 7])
+    torch.manual_seed(3)
+    loss = model.training_loss((users, pos), ctx)["loss"]
+    torch.manual_seed(3)  # the same uniform draw, by hand
+    catalogue = ctx.train_matrix.catalogue
+    cand = torch.cat([pos, catalogue[torch.randint(len(catalogue), (3,))]])  # [2 + 3]
+    item_emb = model.item_representations(ctx.graph, ctx.features)
+    u = model.user_representations(ctx.sequences.batch(users, ("train",), model.max_len, exclude=pos), item_emb, users)
+    degree = ctx.train_matrix.item_degree().double()
+    q = 2 * degree / degree.sum() + 3 / len(catalogue)  # B p_j + M / C
+    logits = u @ item_emb[cand].T / model.temperature - q[cand].log().float()  # [2, 5]
+    same = cand.unsqueeze(0) == pos.unsqueeze(1)
+    same[0, 0] = same[1, 1] = False
+    expected = torch.nn.functional.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(2))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sasrec_bce_option_uses_sampled_true_negatives():
+    torch.manual_seed(0)
+    seq = _random_sequences(num_users=4, num_items=30, length=8)
+    ctx = _context(seq, 30)
+    model = SASRec(4, 30, embedding_dim=8, heads=2, layers=1, dropout=0.0, max_len=8, loss="bce", negatives=2).eval()
+    users = torch.arange(4)
+    torch.manual_seed(1)
+    loss = model.training_loss(users, ctx)["bce"]
+    torch.manual_seed(1)
+    s = seq.batch(users, ("train",), 9)
+    inputs, targets = s[:, :-1], s[:, 1:]
+    use = (inputs >= 0) & (targets >= 0)
+    item_emb = model.item_representations(ctx.graph)
+    h = model.hidden(inputs, item_emb)[use]
+    row = users.unsqueeze(1).expand_as(use)[use]
+    ranks = (torch.rand(len(row), 2) * ctx.train_matrix.num_negatives(row).unsqueeze(1)).long()
+    neg = ctx.train_matrix.nth_negative(row.unsqueeze(1), ranks)
+    assert not ctx.train_matrix.contains(row.unsqueeze(1), neg).any()  # never one of the user's items
+    pos_s, neg_s = (h * item_emb[targets[use]]).sum(-1), torch.einsum("nd,nkd->nk", h, item_emb[neg])
+    expected = (-torch.nn.functional.logsigmoid(pos_s) - torch.nn.functional.logsigmoid(-neg_s).mean(1)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 # -- end to end: train, evaluate through the one Evaluator, export, serve ----------------
 @pytest.fixture(scope="module")
 def history_runs(tmp_path_factory, data_dir):
@@ -235,6 +280,32 @@ def test_new_visitors_go_through_the_trained_user_tower(history_runs):
     lists = rec.recommend_for_items(raw, k=5)
     assert len(lists) == 5 and not set(r.item for r in lists) & set(raw)
     assert Recommender.load(bundle, fold_in="mean").fold_in_rule == "mean"
+
+
+def test_a_visitor_through_the_http_api_gets_the_user_tower_ranking(history_runs):
+    """End to end: the served page's POST /recommendations for liked items ranks the catalogue
+    by the trained user tower's vector for those items."""
+    from fastapi.testclient import TestClient
+
+    from mmrec.serving.app import create_app
+    from mmrec.serving.recommender import Recommender
+
+    run, bundle, objects = history_runs["two_tower"]
+    module = objects["module"]
+    liked = [3, 8, 21]
+    with torch.no_grad():
+        item_emb = module.encoder.item_representations(module.graph, module.features)
+        u = module.encoder.user_representations(torch.tensor([liked]), item_emb, torch.tensor([0]))  # [1, d]
+        scores = (u @ item_emb.T)[0]
+    scores[liked] = float("-inf")
+    if module.unrankable_items() is not None:
+        scores[module.unrankable_items()] = float("-inf")
+    expected = scores.topk(5).indices.tolist()
+    app = create_app(lambda: Recommender.load(bundle, content_candidates=0))
+    with TestClient(app) as client:
+        item_raw = client.app.state.recommender.item_raw
+        items = client.post("/recommendations", json={"items": [item_raw[i] for i in liked], "k": 5}).json()["items"]
+    assert [r["item"] for r in items] == [item_raw[i] for i in expected]
 
 
 def test_mean_fold_in_bundle_refuses_the_tower(history_runs):
