@@ -91,6 +91,7 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
     encoder = instantiate(cfg.model.encoder, **kwargs)
     # history models train on what they declare: (user, item) pairs or users with their sequences
     datamodule.train_unit = getattr(encoder, "train_unit", "pairs")
+    datamodule.min_history = getattr(encoder, "min_history", 1)
     if hasattr(encoder, "fit"):  # closed-form models (iALS) are fitted here, for training and export alike
         start = time.time()
         encoder.fit(datamodule.graph)

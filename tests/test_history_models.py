@@ -228,6 +228,23 @@ def test_sasrec_bce_option_uses_sampled_true_negatives():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_a_batch_without_next_item_pairs_gives_a_zero_loss_not_nan_and_such_users_are_not_drawn(make_cfg):
+    seq = UserSequences([0, 1, 0, 1], [3, 4, 5, 6], [1, 1, 2, 2], [0, 0, 1, 1], 2, 8)  # one training item each
+    ctx = _context(seq, 8)
+    out = SASRec(2, 8, embedding_dim=8, heads=2, layers=1).training_loss(torch.tensor([0, 1]), ctx)
+    assert out["loss"].item() == 0.0 and out["loss"].requires_grad
+    with pytest.raises(ValueError, match="max_len must be >= 2"):
+        BERT4Rec(2, 8, max_len=1)
+    from mmrec.train import build_module
+
+    objects = build_module(make_cfg(["model=sasrec", "logger=none"]))
+    dm = objects["datamodule"]
+    drawn = torch.cat(list(dm.train_dataloader()))
+    counts = dm.train_matrix.counts()
+    assert dm.min_history == 2 and bool((counts[drawn] >= 2).all())
+    assert sorted(drawn.tolist()) == torch.nonzero(counts >= 2).squeeze(1).tolist()
+
+
 # -- end to end: train, evaluate through the one Evaluator, export, serve ----------------
 @pytest.fixture(scope="module")
 def history_runs(tmp_path_factory, data_dir):

@@ -260,7 +260,11 @@ class DemoSource:
         length = np.bincount(users, minlength=self.num_users)[users]
         keep = ~is_cold[items] | (steps >= length - 1)
         users, items, steps = users[keep], items[keep], steps[keep]
-        return users, items, steps, split_leave_last_out(users, steps, self.seed)
+        split = split_leave_last_out(users, steps, self.seed)
+        # a user left with two interactions has no validation one: its second latest would be
+        # training, and a cold item must never be
+        keep = ~(is_cold[items] & (split == 0))
+        return users[keep], items[keep], steps[keep], split[keep]
 
     def split_rule(self) -> dict:
         """The split as recorded in ``manifest.json``."""

@@ -46,7 +46,7 @@ class _PairDataset(Dataset):
 
 
 class _UserDataset(Dataset):
-    """Evaluation users; a batch is a ``[B]`` tensor of user ids."""
+    """Users (evaluation, or a sequence model's training); a batch is a ``[B]`` tensor of user ids."""
 
     def __init__(self, users: torch.Tensor):
         self.users = users
@@ -107,6 +107,7 @@ class RecDataModule(L.LightningDataModule):
         self.budget = dict(budget or {})
         self.dataset: PreparedDataset | None = None
         self.train_unit = "pairs"  # what a training batch holds: set by the model (train.build_module)
+        self.min_history = 1  # with "users" batches: the fewest training items a drawn user has (set by the model)
 
     # -- preparation ----------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -205,7 +206,9 @@ class RecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require()
         if self.train_unit == "users":  # sequence models: a batch is users [B], each with its whole history
-            return DataLoader(_UserDataset(self.train_matrix.users_with_items()), batch_size=self.batch_size,
+            # on the CPU: the matrix may already sit on the GPU with the module, loader workers index on the CPU
+            users = torch.nonzero(self.train_matrix.counts().cpu() >= self.min_history).squeeze(1)
+            return DataLoader(_UserDataset(users), batch_size=self.batch_size,
                               shuffle=True, collate_fn=_identity, num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0)
         if self.train_unit != "pairs":

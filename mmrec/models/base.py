@@ -207,6 +207,8 @@ class HistoryRecommender(GraphRecommender):
     Class attributes:
         train_unit: ``pairs`` (training batches are ``(users [B], items [B])`` as for BPR) or
             ``users`` (batches are ``users [B]``; the model reads their sequences).
+        min_history: with ``users`` batches, only users with at least this many training
+            items are drawn (SASRec: 2, one input and one next item).
         loss_terms: names of the terms :meth:`training_loss` returns besides ``loss``
             (logged as ``train/<term>``).
         max_len: histories are capped to the latest ``max_len`` items (instance attribute).
@@ -214,6 +216,7 @@ class HistoryRecommender(GraphRecommender):
 
     user_from_history: ClassVar[bool] = True
     train_unit: ClassVar[str] = "pairs"
+    min_history: ClassVar[int] = 1
     loss_terms: ClassVar[tuple[str, ...]] = ()
     max_len: int
 

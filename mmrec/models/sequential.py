@@ -144,6 +144,7 @@ class SASRec(_SequentialBase):
     """
 
     losses = ("ce", "bce")
+    min_history = 2  # a training example is a (history, next item) pair: one item teaches nothing
 
     def __init__(self, num_users: int, num_items: int, features=None, fusion=None, embedding_dim: int = 64,
                  heads: int = 2, layers: int = 2, dropout: float = 0.2, max_len: int = 200, loss: str = "ce",
@@ -169,6 +170,9 @@ class SASRec(_SequentialBase):
         item_emb = self.item_representations(context.graph, context.features)  # [I, d]
         h = self.hidden(inputs, item_emb)  # [B, W, d]
         use = (inputs >= 0) & (targets >= 0)  # [B, W]
+        if not bool(use.any()):  # no user of the batch has a (history, next item) pair
+            zero = h.sum() * 0.0
+            return {"loss": zero, self.loss: zero}
         h, t = h[use], targets[use]  # [N, d], [N]
         if self.loss == "ce":
             term = full_softmax_loss(h, item_emb, t, context.graph.item_sets.warm)
@@ -223,6 +227,8 @@ class BERT4Rec(_SequentialBase):
                          causal=False)
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        if max_len < 2:
+            raise ValueError(f"BERT4Rec's max_len must be >= 2 (at inference [mask] takes one position), got {max_len}")
         self.mask_prob = float(mask_prob)
         self.head = nn.Sequential(nn.Linear(embedding_dim, embedding_dim), nn.GELU(), nn.LayerNorm(embedding_dim))
         self.loss_terms = ("masked_ce",)
@@ -236,8 +242,7 @@ class BERT4Rec(_SequentialBase):
         return self.head(self.encoder(self._inputs(tokens, item_emb), tokens >= 0))
 
     def user_representations(self, histories, item_emb, users):
-        tokens = torch.cat([histories[:, -(self.max_len - 1):] if self.max_len > 1 else histories[:, :0],
-                            histories.new_full((len(histories), 1), self.mask_token)], dim=1)  # [B, W' + 1]
+        tokens = torch.cat([histories[:, -(self.max_len - 1):], histories.new_full((len(histories), 1), self.mask_token)], dim=1)  # [B, W' + 1]
         return self.hidden(tokens, item_emb)[:, -1]
 
     def training_loss(self, batch, context: TrainingContext) -> dict[str, torch.Tensor]:

@@ -101,13 +101,17 @@ class TwoTower(HistoryRecommender):
             h = h + self.user_id(users)
         return F.normalize(h, dim=1)
 
-    def serving_user_tower(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """The user tower as arrays for a serving bundle (new visitors: no user ID embedding):
-        ``({"tower_weight": [d, d], "tower_bias": [d], "tower_query": [d]?}, spec)``."""
+    def serving_user_tower(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The user tower as arrays for a serving bundle:
+        ``({"tower_weight": [d, d], "tower_bias": [d], "tower_query": [d]?}, spec)``; ``None``
+        with ``user_id`` (the trained tower adds an embedding a new visitor does not have, so
+        serving would run a tower other than the trained one: visitors are folded in instead)."""
+        if self.user_id is not None:
+            return None
         arrays = {"tower_weight": self.user_proj.weight.detach(), "tower_bias": self.user_proj.bias.detach()}
         if self.query is not None:
             arrays["tower_query"] = self.query.detach()
-        return arrays, {"pooling": self.pooling, "max_history": self.max_len, "normalize": True}
+        return arrays, {"pooling": self.pooling, "max_history": self.max_len}
 
     # -- objective --------------------------------------------------------------------
     def training_loss(self, batch, context: TrainingContext) -> dict[str, torch.Tensor]:

@@ -101,16 +101,16 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         "item_popularity": datamodule.train_matrix.item_degree().cpu().numpy().astype(np.int64),
         "history_indptr": indptr, "history_indices": indices,
     }
-    if hasattr(module.encoder, "serving_user_tower"):  # two-tower: new visitors go through the user tower
-        tower, extra_tower = module.encoder.serving_user_tower()
-        arrays.update({name: t.float().cpu().numpy() for name, t in tower.items()})
+    tower = module.encoder.serving_user_tower() if hasattr(module.encoder, "serving_user_tower") else None
+    if tower is not None:  # two-tower: new visitors go through the user tower
+        arrays.update({name: t.float().cpu().numpy() for name, t in tower[0].items()})
     content = datamodule.features.content_vectors()
     if content is not None:
         arrays["content_vectors"] = content.float().numpy()
     extra: dict[str, Any] = {"num_users": ds.num_users, "num_items": ds.num_items,
                              "dim": int(arrays["item_vectors"].shape[1]), "score": "dot"}
-    if "tower_weight" in arrays:
-        extra["user_tower"] = extra_tower
+    if tower is not None:
+        extra["user_tower"] = tower[1]
     if "text" in datamodule.features:
         values, mask = datamodule.features["text"]
         arrays["text_vectors"] = (values * mask.unsqueeze(1)).float().numpy()

@@ -183,7 +183,7 @@ RULES: dict[str, Spec] = {
     "model.encoder.heads": POSITIVE,                     # SASRec / BERT4Rec
     "model.encoder.layers": POSITIVE,
     "model.encoder.dropout": PROPER_SHARE,
-    "model.encoder.max_len": POSITIVE,
+    "model.encoder.max_len": POSITIVE,                   # BERT4Rec: >= 2, its constructor says so
     "model.encoder.mask_prob": _float(0.0, 1.0, low_open=True, high_open=True),
     "model.encoder.negatives": POSITIVE,
     "model.encoder.loss": Spec("choice", choices=("softmax", "bpr", "ce", "bce")),   # two-tower | SASRec
