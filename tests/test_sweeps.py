@@ -160,7 +160,7 @@ def test_search_space_names_real_keys_and_validation_metric(search):
     sweeper = hydra_cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert cfg.optimized_metric == "val/recall@20"
-    model = search.removesuffix("_optuna")
+    model = search.removesuffix("_optuna").replace("_", "")  # two_tower -> TwoTower
     assert cfg.model.encoder._target_.lower().endswith(model)
     params = dict(sweeper.params)
     if cfg.model.get("optimizer") is None:  # fitted in closed form (iALS): its own size and regularisation
@@ -168,8 +168,10 @@ def test_search_space_names_real_keys_and_validation_metric(search):
     else:
         assert "model.optimizer.lr" in params and params["model.optimizer.lr"].startswith("tag(log")
         # a regularisation weight is searched: L2, or FREEDOM's per-modality BPR weight (its
-        # reg_weight; FREEDOM has no L2 term)
-        assert {"model.l2_weight", "model.encoder.modality_loss_weight"} & set(params)
+        # reg_weight; FREEDOM has no L2 term), or weight decay / dropout for the models with
+        # their own objective (two-tower, SASRec, BERT4Rec)
+        assert {"model.l2_weight", "model.encoder.modality_loss_weight", "model.optimizer.weight_decay",
+                "model.encoder.dropout"} & set(params)
         assert "model.encoder.embedding_dim" in params
     for key, space in params.items():
         if key in GROUPS:  # a config-group choice: every option exists and the model accepts it
