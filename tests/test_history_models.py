@@ -23,6 +23,19 @@ def _sequences() -> UserSequences:
                          splits=[0, 0, 1, 2, 0], num_users=3, num_items=8)
 
 
+def test_subsampled_histories_keep_the_latest_item_and_vary_in_size():
+    from mmrec.models.two_tower import subsample
+
+    torch.manual_seed(0)
+    hist = torch.arange(40).repeat(500, 1)  # [500, 40]
+    hist[:, :5] = -1  # padding stays padding
+    out = subsample(hist)
+    kept = (out >= 0).sum(1)
+    assert bool((out[:, -1] == 39).all()) and bool((out[:, :5] == -1).all())
+    assert bool(((out == hist) | (out == -1)).all())  # items only dropped, never moved
+    assert kept.min() <= 3 and kept.max() >= 33  # from a handful to nearly all
+
+
 def test_history_batches_are_time_ordered_left_padded_and_split_filtered():
     seq = _sequences()
     users = torch.tensor([0, 1, 2])

@@ -16,6 +16,16 @@ from mmrec.models.base import HistoryRecommender, TrainingContext
 LOSSES = ("softmax", "bpr")
 
 
+def subsample(histories: torch.Tensor) -> torch.Tensor:
+    """``histories [B, W]`` with each item kept with probability ``r_b ~ U(0, 1]`` drawn per row
+    (so kept sizes range from one item to all), the latest (last column) always kept; dropped
+    items become padding (``-1``). Mean and attention pooling ignore the positions."""
+    rate = 1.0 - torch.rand(len(histories), 1, device=histories.device)  # [B, 1] in (0, 1]
+    keep = torch.rand(histories.shape, device=histories.device) < rate  # [B, W]
+    keep[:, -1] = True
+    return histories.masked_fill(~keep, -1)
+
+
 class TwoTower(HistoryRecommender):
     r"""Two-tower retrieval model after `"Sampling-Bias-Corrected Neural Modeling for Large
     Corpus Item Recommendations" <https://doi.org/10.1145/3298689.3346996>`_ (Yi et al., RecSys
@@ -57,6 +67,10 @@ class TwoTower(HistoryRecommender):
         logq: subtract the log sampling frequency of each candidate.
         uniform_negatives: extra uniformly drawn negatives shared by the batch (mixed
             negative sampling; 0: in-batch only).
+        subsample_history: train the user tower on a random subset of each history (every
+            item kept with a probability drawn per row from U(0, 1], the latest always kept),
+            so that it has also seen the short histories of new visitors (serving runs the
+            tower over the few items a visitor liked).
     """
 
     uses_content = True
@@ -67,7 +81,7 @@ class TwoTower(HistoryRecommender):
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
                  embedding_dim: int = 64, item_id: bool = True, user_id: bool = False, pooling: str = "mean",
                  max_len: int = 50, loss: str = "softmax", temperature: float = 0.1, logq: bool = True,
-                 uniform_negatives: int = 0):
+                 uniform_negatives: int = 0, subsample_history: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -85,6 +99,7 @@ class TwoTower(HistoryRecommender):
         self.user_proj = nn.Linear(embedding_dim, embedding_dim)
         self.pooling, self.max_len, self.loss = pooling, int(max_len), loss
         self.temperature, self.logq, self.uniform_negatives = float(temperature), bool(logq), int(uniform_negatives)
+        self.subsample_history = bool(subsample_history)
         self.loss_terms = (loss,)
 
     # -- towers -----------------------------------------------------------------------
@@ -118,6 +133,8 @@ class TwoTower(HistoryRecommender):
         users, pos = batch  # [B], [B]
         item_emb = self.item_representations(context.graph, context.features)  # [I, d]
         histories = context.sequences.batch(users, ("train",), self.max_len, exclude=pos)  # [B, W]
+        if self.subsample_history:
+            histories = subsample(histories)
         u = self.user_representations(histories, item_emb, users)  # [B, d]
         if self.loss == "bpr":
             neg = context.sampler.sample(users, pos, context.train_matrix, None)  # [B, K]
