@@ -374,3 +374,22 @@ def test_history_masking_is_configurable_for_repeat_consumption(make_cfg):
 
     module = build_module(make_cfg(["evaluation.mask_history=false", "logger=none"]))["module"]
     assert all(module.evaluator.history(s) == [] for s in ("valid", "test"))
+
+
+def test_id_dropout_leaves_out_whole_id_rows_in_training_only(make_cfg):
+    from mmrec.train import build_module
+
+    module = build_module(make_cfg(["model=two_tower", "model.encoder.id_dropout=0.5", "logger=none"]))["module"]
+    model, graph, features = module.encoder, module.graph, module.features
+    with torch.no_grad():
+        content = torch.nn.functional.normalize(model.fusion(features), dim=1)  # the tower without IDs
+        model.eval()
+        evaluated = model.item_representations(graph, features)
+        model.train()
+        torch.manual_seed(0)
+        trained = model.item_representations(graph, features)
+    warm = graph.item_sets.warm
+    no_id = torch.isclose(trained, content, atol=1e-6).all(1)
+    assert 0.35 < no_id[warm].float().mean() < 0.65  # about half the warm items lost their ID this step
+    assert bool(no_id[~warm].all())  # cold items never had one
+    assert not bool(torch.isclose(evaluated, content, atol=1e-6).all(1)[warm].any())  # evaluation: every ID kept

@@ -67,6 +67,9 @@ class TwoTower(HistoryRecommender):
         logq: subtract the log sampling frequency of each candidate.
         uniform_negatives: extra uniformly drawn negatives shared by the batch (mixed
             negative sampling; 0: in-batch only).
+        id_dropout: in training, the share of items whose ID embedding is left out of the item
+            tower in a step (DropoutNet, Volkovs et al. 2017): the content part must then rank
+            items on its own, as it must for cold items, whose ID embedding is always 0.
         subsample_history: train the user tower on a random subset of each history (every
             item kept with a probability drawn per row from U(0, 1], the latest always kept),
             so that it has also seen the short histories of new visitors (serving runs the
@@ -81,7 +84,7 @@ class TwoTower(HistoryRecommender):
     def __init__(self, num_users: int, num_items: int, features, fusion: Callable[..., nn.Module],
                  embedding_dim: int = 64, item_id: bool = True, user_id: bool = False, pooling: str = "mean",
                  max_len: int = 50, loss: str = "softmax", temperature: float = 0.1, logq: bool = True,
-                 uniform_negatives: int = 0, subsample_history: bool = False):
+                 uniform_negatives: int = 0, id_dropout: float = 0.0, subsample_history: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -100,13 +103,19 @@ class TwoTower(HistoryRecommender):
         self.pooling, self.max_len, self.loss = pooling, int(max_len), loss
         self.temperature, self.logq, self.uniform_negatives = float(temperature), bool(logq), int(uniform_negatives)
         self.subsample_history = bool(subsample_history)
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
+        self.id_dropout = float(id_dropout)
         self.loss_terms = (loss,)
 
     # -- towers -----------------------------------------------------------------------
     def item_representations(self, graph: BipartiteGraph, features=None) -> torch.Tensor:
         v = self.fusion(features)  # [I, d]
         if self.item_id is not None:
-            v = v + self.known_item_ids(self.item_id.weight, graph)  # cold items: content only
+            ids = self.known_item_ids(self.item_id.weight, graph)  # [I, d]; cold items: content only
+            if self.training and self.id_dropout:  # whole rows dropped (not rescaled): "this item is unknown"
+                ids = ids * (torch.rand(len(ids), 1, device=ids.device) >= self.id_dropout).to(ids.dtype)
+            v = v + ids
         return F.normalize(v, dim=1)
 
     def user_representations(self, histories: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor

@@ -194,6 +194,7 @@ RULES: dict[str, Spec] = {
     "model.encoder.user_id": BOOL,
     "model.encoder.logq": BOOL,
     "model.encoder.subsample_history": BOOL,
+    "model.encoder.id_dropout": PROPER_SHARE,
     # model: optimiser (absent for pop / random)
     "model.optimizer.lr": _float(0.0, low_open=True),
     "model.optimizer.weight_decay": WEIGHT,
