@@ -178,6 +178,9 @@ def phase_foldin(runs: list[Path], tag: str, share: float = 0.2, seed: int = 0) 
     from mmrec.serving.bundle import load_bundle
     from mmrec.serving.recommender import Recommender
 
+    from omegaconf import OmegaConf
+
+    targets = [OmegaConf.load(run / "config.yaml").model.encoder._target_ for run in runs]
     rows = []
     for run in runs:
         bundle = load_bundle(_export(run, OUT / "bundles" / f"{tag}_{run.name}_foldin"))
@@ -191,6 +194,8 @@ def phase_foldin(runs: list[Path], tag: str, share: float = 0.2, seed: int = 0) 
         users = sorted(u for u in truth if len(train_of.get(u, [])) >= 5)
         hidden = sorted(rng.choice(users, size=max(1, int(share * len(users))), replace=False).tolist())
         model = bundle.card["model"]
+        if targets.count(bundle.card["model_target"]) > 1:  # several runs of one model: tell them apart
+            model += f" ({run.name})"
         gold = [truth[u] for u in hidden]
         trained = [[rec.item_index[r.item] for r in recs] for recs in rec.recommend([rec.user_raw[u] for u in hidden], k=K)]
         rows.append({"model": model, "n": "all (trained vector)", "variant": "trained", **_metrics(trained, gold, rec)})
