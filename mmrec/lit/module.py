@@ -17,7 +17,7 @@ from mmrec.evaluation.evaluator import HISTORY, EvaluationPass, Evaluator, Score
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
-from mmrec.models.base import GraphRecommender, TrainingContext
+from mmrec.models.base import GraphRecommender, TrainingContext, history_sampler_problem
 from mmrec.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,15 @@ class RecModule(L.LightningModule):
         self._pass: EvaluationPass | None = None  # the evaluation in progress
         self._warned_cold = False
         self.test_runs = 0  # the test split is meant to be evaluated once per run
-        if encoder.user_from_history and (sampler.needs_scores or sampler.synthesizes):
-            raise ValueError(f"{type(encoder).__name__} draws negatives without scores: use sampler=uniform or "
-                             f"sampler=popularity (not {type(sampler).__name__})")
-        if encoder.user_from_history and sequences is None:
-            raise ValueError(f"{type(encoder).__name__} represents users from their histories: it needs sequences")
+        if encoder.user_from_history:
+            problem = history_sampler_problem(type(encoder), type(sampler))
+            if problem:
+                raise ValueError(problem)
+            if sequences is None:
+                raise ValueError(f"{type(encoder).__name__} represents users from their histories: it needs sequences")
+            degree = train_matrix.item_degree().to(torch.float64)
+            # [I] log share of the training pairs per item (logQ of in-batch negatives); cold items -inf
+            self.register_buffer("item_log_prob", (degree / degree.sum()).log().float(), persistent=False)
         self.sequences = sequences
         self._terms = (("loss", "bpr", "reg", "aux") if not encoder.user_from_history
                        else ("loss", *encoder.loss_terms))  # the epoch means logged as train/<term>
@@ -91,13 +95,16 @@ class RecModule(L.LightningModule):
         self._epoch_count = 0
 
     def _context(self) -> TrainingContext:
-        """What a history model's objective reads (built per step: cheap references; the
-        item shares are a buffer-sized bincount computed once)."""
-        if not hasattr(self, "_item_log_prob") or self._item_log_prob.device != self.device:
-            degree = self.train_matrix.item_degree().to(torch.float64)
-            self._item_log_prob = (degree / degree.sum()).log().float()  # [I]; cold items -inf
+        """What a history model's objective reads (references to constants: cheap per step)."""
         return TrainingContext(self.graph, self.features, self.train_matrix, self.sequences, self.sampler,
-                               self._item_log_prob)
+                               self.item_log_prob)
+
+    def _accumulate(self, terms: torch.Tensor, count: int) -> None:
+        """Add a step's loss terms (``[len(self._terms)]``, in that order) for ``count`` examples to
+        the epoch sums: a per-step ``self.log()`` costs ~1 ms of Lightning bookkeeping, so epoch
+        means are logged once in ``on_train_epoch_end``."""
+        self._epoch_sums = self._epoch_sums + terms.detach() * count
+        self._epoch_count += count
 
     # -- representations ------------------------------------------------------------
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,28 +130,26 @@ class RecModule(L.LightningModule):
         histories = self.sequences.batch(users, HISTORY[split], self.encoder.max_len)  # [B, W]
         return self.encoder.user_representations(histories, item_emb, users)
 
-    def scorer(self, split: str) -> tuple[ScoreFn, torch.Tensor, torch.Tensor | None]:
-        """``(score_fn, item_emb, user_emb)`` of one evaluation of ``split`` in the current mode:
-        the representations are computed here, once; a history model's user rows are computed
-        per scored batch (``user_emb`` ``None``)."""
+    def scorer(self, split: str) -> tuple[ScoreFn, torch.Tensor]:
+        """``(score_fn, item_emb)`` of one evaluation of ``split`` in the current mode: the
+        representations are computed here, once; a history model's user rows are computed per
+        scored batch."""
         if not self.encoder.user_from_history:
             user_emb, item_emb = self.encoder(self.graph, self.features)
-            return embedding_scorer(user_emb, item_emb, self.encoder.score_all), item_emb, user_emb
+            return embedding_scorer(user_emb, item_emb, self.encoder.score_all), item_emb
         item_emb = self.encoder.item_representations(self.graph, self.features)
 
         def score(users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
             return self.encoder.score_all(self._history_users(users, item_emb, split), item_emb, out=out)
 
-        return score, item_emb, None
+        return score, item_emb
 
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.encoder.user_from_history:  # the model's own objective over histories
             terms = self.encoder.training_loss(batch, self._context())
             users = batch[0] if isinstance(batch, (tuple, list)) else batch
-            values = torch.stack([terms[name] for name in self._terms])
-            self._epoch_sums = self._epoch_sums + values.detach() * len(users)
-            self._epoch_count += len(users)
+            self._accumulate(torch.stack([terms[name] for name in self._terms]), len(users))
             return terms["loss"]
         users, pos = batch  # [B], [B]
         if self.encoder.item_local and not (self.sampler.needs_scores or self.sampler.synthesizes):
@@ -190,11 +195,8 @@ class RecModule(L.LightningModule):
         loss = loss_bpr + self.l2_weight * loss_reg
         if aux is not None:
             loss = loss + aux
-        # Per-step self.log() costs ~1 ms of Lightning bookkeeping each; sum detached terms
-        # here and log epoch means once in on_train_epoch_end.
-        terms = torch.stack([loss, loss_bpr, loss_reg, aux if aux is not None else loss.new_zeros(())])
-        self._epoch_sums = self._epoch_sums + terms.detach() * len(users)
-        self._epoch_count += len(users)
+        self._accumulate(torch.stack([loss, loss_bpr, loss_reg, aux if aux is not None else loss.new_zeros(())]),
+                         len(users))
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -240,7 +242,7 @@ class RecModule(L.LightningModule):
         self.eval()  # as in evaluation: no edge dropout, cold items estimated
         try:
             with torch.no_grad():
-                score_fn, _, _ = self.scorer(split)
+                score_fn, _ = self.scorer(split)
                 return self.evaluator.top_items(score_fn, users, k, split, self.unrankable_items())
         finally:
             self.train(was_training)
@@ -260,7 +262,7 @@ class RecModule(L.LightningModule):
         # Representations are computed once per evaluation pass, explicitly, and dropped at
         # its end: no cache survives into training or is filled by forward().
         with torch.no_grad():
-            score_fn, item_emb, user_emb = self.scorer(split)
+            score_fn, item_emb = self.scorer(split)
         unrankable = self.unrankable_items()
         if unrankable is not None and not self._warned_cold:
             log.warning("%s uses no content: it cannot score the %d cold items (no training "

@@ -236,3 +236,14 @@ class HistoryRecommender(GraphRecommender):
 
     def ego_embeddings(self):
         return (), ()  # regularised by the optimiser's weight decay, not the BPR L2 term
+
+
+def history_sampler_problem(encoder_cls: type, sampler_cls: type) -> str | None:
+    """Why ``sampler_cls`` cannot serve ``encoder_cls`` (a :class:`HistoryRecommender` draws its
+    negatives without scores: no step-wide score table exists), or ``None``. The one rule that
+    the config check and the training module both apply."""
+    if encoder_cls.user_from_history and (getattr(sampler_cls, "needs_scores", False)
+                                          or getattr(sampler_cls, "synthesizes", False)):
+        return (f"sampler={sampler_cls.__name__}: {encoder_cls.__name__} draws negatives without scores; "
+                f"use sampler=uniform or sampler=popularity")
+    return None

@@ -208,6 +208,12 @@ class Recommender:
         self.rerank = RERANKERS[rerank] if isinstance(rerank, str) else rerank
         self.candidates, self.content_candidates, self.recent = candidates, content_candidates, recent
         self.fold_in_rule, self.fold_in_reg = fold_in, fold_in_reg
+        # the user tower's arrays, resolved once (not per visitor request)
+        tower = bundle.manifest.get("user_tower") if has_tower else None
+        self.tower = None if tower is None else {
+            "weight": _tensor(a["tower_weight"]), "bias": _tensor(a["tower_bias"]), "pooling": tower["pooling"],
+            "query": _tensor(a["tower_query"]) if "tower_query" in a else None,
+            "max_history": int(tower["max_history"])}
         self.max_k, self.max_per_group, self.query_items = max_k, max_per_group, query_items
         saved = (bundle.root / "index.faiss", bundle.manifest.get("index", {}).get("factory"))
         factory = INDEXES[index] if isinstance(index, str) else index
@@ -348,10 +354,9 @@ class Recommender:
         """The vector ``[d]`` of a visitor who liked item rows ``liked`` (oldest first): the
         bundle's user tower (``tower``), or folded in from the liked items' vectors."""
         if self.fold_in_rule == "tower":
-            a, spec = self.bundle.arrays, self.bundle.manifest["user_tower"]
-            rows = torch.as_tensor(np.asarray(liked, dtype=np.int64))[-int(spec["max_history"]):]
-            return tower_fold_in(self.item_vectors, rows, _tensor(a["tower_weight"]), _tensor(a["tower_bias"]),
-                                 spec["pooling"], _tensor(a["tower_query"]) if "tower_query" in a else None)
+            t = self.tower
+            rows = torch.as_tensor(np.asarray(liked, dtype=np.int64))[-t["max_history"]:]
+            return tower_fold_in(self.item_vectors, rows, t["weight"], t["bias"], t["pooling"], t["query"])
         return fold_in(self.item_vectors.float(), torch.as_tensor(np.asarray(liked)), self.fold_in_rule,
                        self.fold_in_reg)
 

@@ -189,7 +189,7 @@ RULES: dict[str, Spec] = {
     "model.encoder.loss": Spec("choice", choices=("softmax", "bpr", "ce", "bce")),   # two-tower | SASRec
     "model.encoder.temperature": _float(0.0, low_open=True),   # two-tower
     "model.encoder.uniform_negatives": NON_NEGATIVE,
-    "model.encoder.pooling": Spec("choice", choices=("mean", "attention")),
+    "model.encoder.pooling": Spec("choice", choices=("mean", "attention")),   # core.sequences.POOLINGS (no torch import here)
     "model.encoder.item_id": BOOL,
     "model.encoder.user_id": BOOL,
     "model.encoder.logq": BOOL,
@@ -402,12 +402,11 @@ def _history_problem(cfg: DictConfig) -> list[str]:
     encoder_cls = get_class(target)
     if not encoder_cls.user_from_history:
         return []
+    from mmrec.models.base import history_sampler_problem
+
     problems = []
-    if sampler is not None:
-        sampler_cls = get_class(sampler)
-        if getattr(sampler_cls, "needs_scores", False) or getattr(sampler_cls, "synthesizes", False):
-            problems.append(f"sampler={sampler_cls.__name__}: {encoder_cls.__name__} draws negatives without scores; "
-                            f"use sampler=uniform or sampler=popularity")
+    if sampler is not None and (problem := history_sampler_problem(encoder_cls, get_class(sampler))):
+        problems.append(problem)
     loss, allowed = _get(cfg, "model.encoder.loss"), getattr(encoder_cls, "losses", None)
     if loss is not None and allowed is not None and loss not in allowed:
         problems.append(f"model.encoder.loss={_show(loss)}: {encoder_cls.__name__} has the losses {list(allowed)}")
