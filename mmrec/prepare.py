@@ -22,7 +22,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.data.prepared import DatasetError, declare_expected, expecting, is_complete, read_manifest, store_damage
+from mmrec.data.prepared import (DatasetError, declare_expected, expecting, feature_problem, is_complete, is_prepared,
+                                 read_manifest, source_mismatch, unregister_feature)
 from mmrec.data.stages import Stage, format_summary, prepare_command, run_stages
 from mmrec.utils.config_check import check_config
 from mmrec.utils.errors import hydra_user_errors
@@ -59,15 +60,55 @@ def _tables_check(root: Path) -> str | None:
 
 def _feature_check(root: Path, modality: str) -> str | None:
     """Why a finished feature stage must run again: its store is unregistered, gone or damaged
-    (the stage then replaces a damaged store: :func:`mmrec.data.features_stage.extract_modality`)."""
+    in any way a reader would find (checksum, header, dims, count, NaN values: a full read);
+    the stage then replaces it (:func:`mmrec.data.features_stage.extract_modality`)."""
     try:
-        entry = read_manifest(root).get("features", {}).get(modality)
+        return feature_problem(root, modality)
     except DatasetError as err:
         return str(err).split(";")[0]
-    if entry is None:
-        return f"features/{modality} is not registered in manifest.json"
-    problem = store_damage(root, entry)
-    return None if problem is None else f"{entry['path']}/data.mdb is {problem}"
+
+
+def _single_step_stages(source, root: Path, command: str, force: set[str]) -> list[Stage]:
+    """The stages of a source that writes a whole dataset in one call (demo generator, MMRec
+    import): ``tables``, then one ``features_<modality>`` stage per store it declares. A stage
+    that is forced, or whose output is damaged, unregisters what it redoes and calls the
+    source again, which rewrites the same tables and extracts the stores that are missing."""
+    def redo(names: list[str]) -> dict:
+        for name in names:
+            unregister_feature(root, name)  # the source resumes a store: a damaged one must go first
+        source.prepare(root)
+        declare_expected(root, read_manifest(root).get("expected_features", []), command)
+        return {}
+
+    def tables() -> dict:
+        if is_prepared(root):
+            if problem := source_mismatch(root, source):
+                raise DatasetError(problem)
+            registered = list(read_manifest(root).get("features", {}))
+            if "tables" not in force and is_complete(root):
+                return {"existing": "already prepared"}  # e.g. by a training run
+            return redo(registered if "tables" in force else [])
+        return redo([])
+
+    def feature(name: str) -> dict:
+        if f"features_{name}" in force or _feature_check(root, name):
+            redo([name])
+        entry = read_manifest(root)["features"][name]
+        return {k: entry[k] for k in ("dim", "count", "missing") if k in entry}
+
+    stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))}, tables,
+                    check=lambda: None if is_complete(root) else "the dataset is incomplete")]
+    for name in source.feature_names() if hasattr(source, "feature_names") else _declared(root):
+        stages.append(Stage(f"features_{name}", {}, lambda n=name: feature(n), check=lambda n=name: _feature_check(root, n)))
+    return stages
+
+
+def _declared(root: Path) -> list[str]:
+    """The feature stores an existing dataset declares (``[]`` before it is first written)."""
+    try:
+        return list(read_manifest(root).get("expected_features", []))
+    except DatasetError:
+        return []
 
 
 def prepare(cfg: DictConfig) -> list[dict]:
@@ -82,15 +123,7 @@ def prepare(cfg: DictConfig) -> list[dict]:
     opts = cfg.prepare
     command = prepare_command()  # recorded in the manifest: what finishes an interrupted preparation
     if not hasattr(source, "stages"):  # single-step sources (demo generator, MMRec import)
-        def single_step() -> dict:
-            if is_complete(root) and "tables" not in (opts.force or []):
-                return {"existing": "already prepared"}  # e.g. by a training run
-            source.prepare(root)  # resumes a half-written dataset (feature stores resume)
-            declare_expected(root, read_manifest(root).get("expected_features", []), command)
-            return {}
-
-        stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))}, single_step,
-                        check=lambda: None if is_complete(root) else "the dataset is incomplete")]
+        stages = _single_step_stages(source, root, command, set(opts.force or []))
         makes_features = bool(getattr(source, "makes_features", False))
     else:
         stages = list(source.stages(root))

@@ -16,6 +16,8 @@ far, marked ``"interrupted": true`` in ``metrics.json``.
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 import json
 import logging
 import os
@@ -39,8 +41,10 @@ from mmrec.fusion import NoFusion
 from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
+from mmrec.runs import (RunFolderError, RunLock, config_resume_problem, folder_problem, load_checkpoint,
+                        resume_problem, run_identity)
+from mmrec.utils.config import command_line
 from mmrec.utils.config_check import ConfigError, check_config
-from mmrec.utils.config import resumed_run
 from mmrec.utils.errors import MmrecError, hydra_user_errors
 from mmrec.utils.logging import finish_wandb, metrics_table, quiet_lightning
 from mmrec.utils.memory import keep_freed_memory
@@ -58,24 +62,29 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule (prepared and set up), encoder, module, callbacks, loggers and trainer."""
     check_config(cfg)  # value ranges, monitored metric, model/fusion pair: before any data work
-    objects = build_module(cfg)
+    return {**build_module(cfg), **build_loop(cfg)}
+
+
+def build_loop(cfg: DictConfig) -> dict[str, Any]:
+    """Callbacks, loggers and the trainer of a run (what writes into its folder)."""
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar") is False:  # asked for no bar: Lightning refuses one in the list
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return {**objects, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+    return {"callbacks": callbacks, "loggers": loggers, "trainer": trainer}
 
 
 def build_module(cfg: DictConfig) -> dict[str, Any]:
     """Datamodule (prepared and set up), encoder and module of a run configuration, seeded:
     what training needs, and what export rebuilds to load a checkpoint into."""
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-
     datamodule: RecDataModule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup()
+    # seeded after the data is ready: whether the dataset was generated, found prepared or repaired in
+    # this process (extraction iterates DataLoaders, which draw from the global generator) changes nothing
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     fusion = instantiate(cfg.fusion)
     encoder_cls = get_class(cfg.model.encoder._target_)
@@ -116,6 +125,7 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
         l2_weight=cfg.model.l2_weight,
         monitor=cfg.optimized_metric,
         sequences=datamodule.sequences,
+        identity=run_identity(cfg.model.encoder._target_, datamodule.dataset.manifest, datamodule.root),
     )
     return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module}
 
@@ -125,20 +135,47 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     Returns ``(metrics, objects)``: ``metrics`` holds ``val/...`` and ``test/...`` figures of
     the selected checkpoint plus bookkeeping; ``objects`` the built components.
+
+    Nothing is written into the run folder before the run is known to be this folder's: a
+    folder holding another run, a folder another process trains into (``.run.lock``) and a
+    checkpoint of another run, model or dataset are refused first (:mod:`mmrec.runs`).
     """
     check_config(cfg)  # a bad value fails here, before the run folder is written
     quiet_lightning()
-    if _process_rank() != 0:  # a DDP process other than the first: its lines would repeat rank 0's
+    first = _process_rank() == 0
+    if not first:  # a DDP process other than the first: its lines would repeat rank 0's
         for name in ("mmrec", log.name):  # log.name is "__main__" under `python -m mmrec.train`
             logging.getLogger(name).setLevel(logging.ERROR)
-    _continue_resumed_run(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # one writer per run folder (under DDP the first process holds it for all)
+    with RunLock(out_dir) if first else contextlib.nullcontext():
+        if first and (problem := folder_problem(out_dir, cfg.get("ckpt_path"))):
+            raise RunFolderError(problem)
+        return _train(cfg, out_dir)
+
+
+def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
     set_threads(cfg.get("threads"))
-    objects = build(cfg)
+    ckpt = cfg.get("ckpt_path")
+    # a checkpoint that cannot continue this run is refused before anything is written or built
+    state = load_checkpoint(ckpt) if ckpt and Path(str(ckpt)).is_file() else None
+    if state is not None:
+        _check_resume(cfg, state)
+    objects = build_module(cfg)
+    if cfg.get("test") and objects["datamodule"].test_matrix.nnz == 0:
+        raise ConfigError(f"test=true, but {objects['datamodule'].root} has no test interactions (split 2): set "
+                          f"test=false, or prepare the dataset with a test split")
+    if state is not None and (problem := resume_problem(ckpt, state, objects["module"].identity,
+                                                        objects["module"].state_dict())):
+        raise RunFolderError(problem)  # another dataset, other shapes
+    del state
+    tmp = out_dir / f".config.yaml.tmp-{os.getpid()}"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, out_dir / "config.yaml")
+    objects.update(build_loop(cfg))
     trainer: L.Trainer = objects["trainer"]
     module: RecModule = objects["module"]
     datamodule: RecDataModule = objects["datamodule"]
@@ -211,9 +248,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
                  cfg.optimized_metric, out_dir, table)
     if interrupted:
+        command = command_line("mmrec.train", drop=("ckpt_path", "hydra.run.dir", "paths.output_dir")) \
+            or "python -m mmrec.train <the overrides of this run>"
         log.warning("Training was interrupted: metrics.json holds the best checkpoint so far (epoch %s), marked "
-                    "\"interrupted\". Continue with: python -m mmrec.train <the same overrides> ckpt_path=%s",
-                    record["best_epoch"], out_dir / "checkpoints" / "last.ckpt")
+                    "\"interrupted\". Continue with: %s ckpt_path=%s", record["best_epoch"], command,
+                    shlex.quote(str(out_dir / "checkpoints" / "last.ckpt")))
     return metrics, objects
 
 
@@ -265,21 +304,13 @@ class TrainingInterrupted(MmrecError, RuntimeError):
     """Training stopped by the user before anything could be evaluated."""
 
 
-def _continue_resumed_run(cfg: DictConfig) -> None:
-    """Point a resume from ``<run>/checkpoints/*.ckpt`` at ``<run>`` (the command line already
-    runs there: see ``hydra.run.dir``), and refuse a resume that would train nothing."""
+def _check_resume(cfg: DictConfig, state: dict) -> None:
+    """Refuse a resume from the checkpoint ``state`` of another model class, or one that would
+    train nothing (what the configuration alone tells; the dataset and shapes are checked once
+    the module is built: :func:`mmrec.runs.resume_problem`)."""
     path = cfg.get("ckpt_path")
-    run_dir = resumed_run(path)
-    if run_dir is not None and Path(cfg.paths.output_dir).resolve() != run_dir:
-        log.info("Resuming run %s (its folder, checkpoints and best score so far).", run_dir)
-        cfg.paths.output_dir = str(run_dir)
-    if not path or not Path(str(path)).is_file():
-        return  # Lightning's names ("last", "best"), checked by Lightning
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises several types for a file that is not a checkpoint
-        raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {err}); point it "
-                          f"at a run's checkpoints/last.ckpt, or ckpt_path=null to start afresh.") from err
+    if problem := config_resume_problem(path, cfg.model.encoder._target_, state):
+        raise RunFolderError(problem)
     done = int(state.get("epoch", -1)) + 1  # epochs finished when the checkpoint was written
     if done >= int(cfg.trainer.max_epochs):
         raise ConfigError(f"ckpt_path={path}: that run has finished {done} epochs and trainer.max_epochs="

@@ -45,8 +45,14 @@ def data_dir(tmp_path_factory) -> Path:
 def make_cfg(tmp_path, data_dir):
     """``make_cfg([...overrides])`` -> a training config writing into tmp folders, quick settings."""
 
+    made = []
+
     def _make(overrides: list[str] | None = None, small: bool = True) -> DictConfig:
-        base = [f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}",
+        # each config its own run folder (a folder that holds a run is continued only by a resume):
+        # tmp_path/run, then run-1, run-2, ...
+        made.append(None)
+        out = tmp_path / ("run" if len(made) == 1 else f"run-{len(made) - 1}")
+        base = [f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
                 f"paths.log_dir={tmp_path / 'logs'}", "trainer.max_epochs=2",
                 "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false"]
         return compose_cfg(base + (SMALL_DEMO if small else []) + (overrides or []))

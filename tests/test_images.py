@@ -85,9 +85,12 @@ def test_no_url_and_missing_local_file(tmp_path):
     df = fetch_images([(0, []), (1, ["", None, float("nan")]), (2, [str(tmp_path / "gone.jpg")]),
                        (3, ["ftp://example.org/a.jpg"]), (4, ["http://[::1"])],
                       tmp_path / "cache", local_dir=tmp_path, **FAST)
-    assert df["status"].tolist() == ["no_url", "no_url", "http_404", "http_error", "http_error"]
+    assert df["status"].tolist() == ["no_url", "no_url", "http_404", "refused", "http_error"]
     assert "gone.jpg not found" in df["error"].iloc[2]
-    assert "unsupported URL scheme 'ftp'" in df["error"].iloc[3]
+    # what metadata may name: never a hint at schemes it refuses
+    assert f"image sources must be http(s) URLs or files inside the configured local source {tmp_path}" \
+        in df["error"].iloc[3] and "file://" not in df["error"].iloc[3]
+    assert "malformed URL 'http://[::1'" in df["error"].iloc[4] and "unexpected" not in df["error"].iloc[4]
 
 
 def test_empty_request_list(tmp_path):

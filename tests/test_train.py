@@ -12,6 +12,7 @@ import torch
 from conftest import SMALL_DEMO
 from mmrec.train import ConfigError, _epoch_of, run, train
 from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+from mmrec.utils.errors import MmrecError
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
@@ -80,7 +81,7 @@ def test_resume_from_last_checkpoint(make_cfg, tmp_path):
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
     resumed = make_cfg(["trainer.max_epochs=4", "logger=none", f"ckpt_path={last}",
-                        f"paths.output_dir={tmp_path / 'b'}"])
+                        f"paths.output_dir={tmp_path / 'a'}"])
     _, objects = train(resumed)
     assert objects["trainer"].current_epoch == 4
     state = torch.load(last, weights_only=False)
@@ -226,9 +227,8 @@ def test_resume_continues_the_same_run_and_selects_over_all_its_epochs(make_cfg,
     run = tmp_path / "a"
     train(make_cfg(["trainer.max_epochs=2", f"paths.output_dir={run}"]))
     resumed = make_cfg(["trainer.max_epochs=5", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                        f"paths.output_dir={tmp_path / 'b'}"])
+                        f"paths.output_dir={run}"])
     metrics, objects = train(resumed)
-    assert not (tmp_path / "b").exists()  # continued in the run's own folder
     record = json.loads((run / "metrics.json").read_text())
     curve = _val_curve(run, record["epochs_trained"])
     assert sorted(curve) == [0, 1, 2, 3, 4]  # both legs of the run, one curve
@@ -241,7 +241,8 @@ def test_resume_that_would_train_nothing_says_so(make_cfg, tmp_path):
     run = tmp_path / "a"
     train(make_cfg(["trainer.max_epochs=2", f"paths.output_dir={run}"]))
     with pytest.raises(ConfigError, match=r"has finished 2 epochs and trainer.max_epochs=2.*raise trainer.max_epochs"):
-        train(make_cfg(["trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]))
+        train(make_cfg(["trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                        f"paths.output_dir={run}"]))
 
 
 def test_interrupted_run_records_the_best_checkpoint_so_far(make_cfg, tmp_path):
@@ -291,7 +292,7 @@ def test_piped_output_has_one_plain_line_per_epoch_and_no_noise(tmp_path):
 def test_resume_from_a_file_that_is_not_a_checkpoint_names_it(make_cfg, tmp_path):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match=r"broken.ckpt: not a readable checkpoint"):
+    with pytest.raises(MmrecError, match=r"broken.ckpt: not a readable checkpoint"):
         train(make_cfg([f"ckpt_path={broken}"]))
 
 

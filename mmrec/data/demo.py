@@ -160,6 +160,10 @@ class DemoSource:
     def describe(self) -> dict:
         return {"type": "demo", **{k: v for k, v in vars(self).items()}}
 
+    def feature_names(self) -> list[str]:
+        """The feature stores the demo writes."""
+        return ["image", "text"]
+
     # -- generation -------------------------------------------------------------------
     def generate(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[Image.Image], np.ndarray]:
         """Return ``(interactions, items, users, images, item_style)``; nothing is written."""
@@ -285,6 +289,6 @@ class DemoSource:
             img.save(root / "images" / f"{i}.png")
         write_prepared(root, name="demo", interactions=interactions, items=items, users=users,
                        split_rule=self.split_rule(),
-                       source=self.describe(), expected_features=["image", "text"])
+                       source=self.describe(), expected_features=self.feature_names())
         extract_images(root, "image", PixelProjectionEncoder(dim=self.feature_dim, seed=self.seed))
         return extract_texts(root, "text", HashedBowEncoder(dim=self.feature_dim, seed=self.seed))

@@ -36,7 +36,6 @@ the same time are not supported.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -53,7 +52,7 @@ import urllib3
 from tqdm import tqdm
 
 from mmrec.data.prepared import DatasetError
-from mmrec.utils.files import sha256_file
+from mmrec.utils.files import sha256_file, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +64,6 @@ _CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 
 class DownloadError(DatasetError):
     """A download failed for good; the message names the URL or file, the cause and what to do."""
-
-
-#: write errors that mean "no space left" (EIO: what some network/FUSE filesystems give when full)
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
-
-
-def write_failure(path: str | os.PathLike, err: OSError) -> str:
-    """The message for a failed write of ``path``: "disk full at <path>: ..." for ENOSPC /
-    EDQUOT / EIO, else the OS error and what to check. Every stage resumes, so the next step
-    is always to fix the cause and rerun."""
-    if err.errno in _DISK_FULL:
-        return (f"disk full at {path} ({os.strerror(err.errno)}): free space and rerun "
-                f"(it resumes)")
-    return (f"cannot write {path} ({err}); check free space and permissions of "
-            f"{Path(path).parent}, then rerun (it resumes)")
 
 
 def _causes(err: BaseException) -> list[BaseException]:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mmrec.data.prepared import (DatasetError, feature_modality_encoder, load_prepared, read_manifest,
-                                 register_feature, store_damage, unregister_feature, write_manifest)
+                                 feature_problem, register_feature, unregister_feature, write_manifest)
 from mmrec.features.extract import encode_images, encode_texts
 from mmrec.features.modality_encoders import ModalityEncoderSet
 from mmrec.features.store import FeatureStore, FeatureStoreError
@@ -110,7 +110,7 @@ def extract_modality(root: Path, modality: str, modality_encoders: ModalityEncod
                                f"{enc.encoder_id!r}. Pass prepare.overwrite_features=true to replace it, "
                                f"or prepare into another folder (dataset.root=...).")
     entry = read_manifest(root).get("features", {}).get(modality)
-    problem = store_damage(root, entry) if entry is not None else None
+    problem = feature_problem(root, modality) if entry is not None else None  # any damage a reader would find
     if problem is None and entry is None and (path / "data.mdb").exists():
         try:  # an unregistered store from an interrupted run is resumed, unless it is damaged
             FeatureStore(path).close()

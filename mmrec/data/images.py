@@ -32,8 +32,8 @@ One run at a time per ``cache_dir``: a run removes temporary files a killed run 
 
 Statuses (one per item, in :data:`STATUSES`): ``ok`` (fetched now), ``cached``, ``no_url``,
 ``http_404`` (404/410, or a local file that does not exist), ``http_error`` (other statuses,
-refused or failed connections, unsupported schemes, bodies over :data:`MAX_IMAGE_BYTES`),
-``timeout``, ``refused`` (a local file outside ``local_dir``), ``not_image``, ``corrupt``,
+refused or failed connections, malformed URLs, bodies over :data:`MAX_IMAGE_BYTES`),
+``timeout``, ``refused`` (a local file outside ``local_dir``, a scheme other than http(s)), ``not_image``, ``corrupt``,
 ``too_small``, ``too_large``. When every candidate fails, the item gets the status of the last
 candidate tried and an error message listing each candidate's failure.
 
@@ -54,6 +54,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import requests
 import urllib3
@@ -149,7 +150,7 @@ def fetch_images(
     cache_dir.mkdir(parents=True, exist_ok=True)
     for stale in cache_dir.glob(".*.jpg.tmp-*"):  # left by a killed run (one run per cache_dir)
         stale.unlink(missing_ok=True)
-    jobs = [(int(item), _candidates(urls)) for item, urls in requests]
+    jobs = [(_item_id(item), _candidates(urls)) for item, urls in requests]
     ids = pd.Series([item for item, _ in jobs], dtype="int64")
     if ids.duplicated().any():
         dup = int(ids[ids.duplicated()].iloc[0])
@@ -224,6 +225,17 @@ def check_failure_share(results: pd.DataFrame, max_share: float, details: Path) 
         f"kept; every item's status is in {details}. Fix the cause (is the image server "
         f"reachable?), then run `{prepare_command()}` again: it retries the failed items only. "
         f"To accept the missing pictures instead, raise dataset.source.images.max_failure_share.")
+
+
+def _item_id(item) -> int:
+    """An item id as the int that names its cached file ``<item>.jpg``: a whole number >= 0 (an
+    id such as ``../../evil`` would name a file outside the cache)."""
+    if isinstance(item, (int, np.integer)) and not isinstance(item, bool) and item >= 0:
+        return int(item)
+    if isinstance(item, str) and item.isdigit():
+        return int(item)
+    raise DatasetError(f"fetch_images: item id {item!r} is not a whole number >= 0; item ids are the dataset's "
+                       f"0-based item numbers (they name the cached files <item>.jpg)")
 
 
 def _candidates(urls: Sequence) -> list[str]:
@@ -309,10 +321,15 @@ def _check_cached(dest: Path, options: _Options) -> tuple[str, int] | None:
 def _fetch(source: str, session: Callable[[], requests.Session],
            options: _Options) -> tuple[bytes, str]:
     """The bytes and Content-Type of one candidate, retrying transient failures."""
+    allowed = ("http(s) URLs or files inside the configured local source " + str(options.local_dir)
+               if options.local_dir is not None else "http(s) URLs")
     try:
         path = local_path(source)
-    except DownloadError as err:
-        raise _Failure("http_error", str(err)) from err
+    except DownloadError:
+        raise _Failure("refused", f"refused {source!r}: image sources must be {allowed}; fix the metadata or its "
+                                  f"image URLs") from None
+    except ValueError as err:  # urlparse: "http://[::1" (an unclosed IPv6 host) and the like
+        raise _Failure("http_error", f"malformed URL {source!r} ({err}); fix the metadata or its image URLs") from None
     if path is not None:
         return _read_local(_allowed_local(source, path, options.local_dir)), ""
     for attempt in range(options.retries + 1):

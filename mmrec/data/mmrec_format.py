@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec.data.prepared import (DatasetError, read_manifest, register_feature, store_damage, unregister_feature,
+from mmrec.data.prepared import (DatasetError, read_manifest, register_feature, feature_problem, unregister_feature,
                                  write_prepared)
 from mmrec.features.store import FeatureStore
 from mmrec.utils.files import sha256_file
@@ -192,6 +192,10 @@ class MMRecSource:
     def describe(self) -> dict:
         return {"type": "mmrec", "path": str(self.path), "name": self.name}
 
+    def feature_names(self) -> list[str]:
+        """The feature stores this import writes: the modalities whose ``.npy`` file exists."""
+        return [m for m, f in self.feature_files.items() if (self.path / f).exists()]
+
     def prepare(self, root: str | Path) -> dict:
         root = Path(root)
         inter = read_inter(self.path / f"{self.name}.inter")
@@ -206,7 +210,7 @@ class MMRecSource:
         items = pd.DataFrame({"item": np.arange(num_items)})
         if imap is not None:
             items["raw_id"] = imap.set_index("idx")["raw_id"].reindex(items["item"]).fillna("").to_numpy()
-        files = {m: self.path / f for m, f in self.feature_files.items() if (self.path / f).exists()}
+        files = {m: self.path / self.feature_files[m] for m in self.feature_names()}
         for modality in sorted(set(self.feature_files) - set(files)):
             log.info("MMRec import: no %s (modality '%s' skipped)", self.path / self.feature_files[modality], modality)
         manifest = write_prepared(
@@ -231,7 +235,7 @@ def import_npy_feature(root: Path, modality: str, npy: Path, num_items: int, dty
     source_sha = sha256_file(npy)
     entry = read_manifest(root).get("features", {}).get(modality)
     if entry is not None:
-        if entry.get("source_sha256") == source_sha and store_damage(root, entry) is None:
+        if entry.get("source_sha256") == source_sha and feature_problem(root, modality) is None:
             return read_manifest(root)  # imported from this very file before: keep it untouched
         unregister_feature(root, modality)  # another file (or a damaged store): import anew
     present = np.zeros(num_items, dtype=bool)

@@ -32,6 +32,8 @@ import contextlib
 import contextvars
 import json
 import os
+import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -77,9 +79,36 @@ def unfinished_features(manifest: dict) -> list[str]:
     return [m for m in manifest.get("expected_features", []) if m not in registered]
 
 
-def repair_command(manifest: dict) -> str:
-    """The command that finishes (or redoes) the preparation of a dataset; it resumes."""
-    return manifest.get("prepare_command") or f"python -m mmrec.prepare dataset={manifest.get('name', '<name>')}"
+def repair_command(manifest: dict, root: str | os.PathLike | None = None) -> str:
+    """The command that finishes (or redoes) the preparation of a dataset; it resumes.
+
+    The one ``mmrec.prepare`` recorded (its own command line), else, for a dataset a training
+    prepared itself (demo generator, MMRec import), the command rebuilt from the source
+    description in the manifest: the dataset config, its folder and every source setting, so
+    that it addresses this very folder with this very source."""
+    if manifest.get("prepare_command"):
+        return manifest["prepare_command"]
+    source = dict(manifest.get("source") or {})
+    kind = source.pop("type", None) or manifest.get("name", "<name>")
+    parts = ["python -m mmrec.prepare", f"dataset={kind}"]
+    if root is not None:
+        parts.append(f"dataset.root={Path(root).resolve()}")
+    parts += [f"dataset.source.{key}={hydra_value(value)}" for key, value in source.items()]
+    return " ".join(shlex.quote(p) if p != "python -m mmrec.prepare" else p for p in parts)
+
+
+def hydra_value(value) -> str:
+    """``value`` as a Hydra command-line override value (null, true, [a,b], {k:v}, quoted strings)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    return text if re.fullmatch(r"[\w./@:+-]+", text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 _EXPECTED: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("expected_features",
@@ -124,6 +153,19 @@ def read_manifest(root: Path) -> dict:
         raise DatasetError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; "
                            f"prepare the dataset again with this mmrec version.")
     return manifest
+
+
+def source_mismatch(root: str | os.PathLike, source) -> str | None:
+    """Why the dataset in ``root`` was not made by ``source`` (another source configuration, which
+    would be used silently otherwise), or None. Paths may differ: checkouts move."""
+    stored = read_manifest(Path(root)).get("source", {})
+    wanted = json.loads(json.dumps(source.describe()))
+    diffs = {k: (stored.get(k), v) for k, v in wanted.items() if k != "path" and stored.get(k) != v}
+    if not diffs:
+        return None
+    detail = ", ".join(f"{k}: prepared {a!r}, configured {b!r}" for k, (a, b) in sorted(diffs.items()))
+    return (f"{root}: prepared from a different source configuration ({detail}). Delete {root} to prepare it "
+            f"again, or set dataset.root to another folder.")
 
 
 def is_prepared(root: str | os.PathLike) -> bool:
@@ -215,6 +257,17 @@ def register_feature(root: str | os.PathLike, name: str, entry: dict) -> dict:
     manifest["features"][name] = {**entry, **fingerprint}
     write_manifest(root, manifest)
     return manifest
+
+
+def modality_order(manifest: dict, names: Sequence[str] | None = None) -> list[str]:
+    """The registered modalities (or ``names`` among them) in the dataset's fixed order: those its
+    producer declared (``expected_features``) in that order, then any other by name. Never the
+    order of registration, which depends on the folder's history (a repaired store registers last)
+    and would reorder every fused feature vector."""
+    registered = manifest.get("features", {})
+    wanted = list(registered) if names is None else list(names)
+    declared = [m for m in manifest.get("expected_features", []) if m in wanted]
+    return declared + sorted(m for m in wanted if m not in declared)
 
 
 def feature_modality_encoder(entry: dict) -> str | None:
@@ -321,37 +374,65 @@ class PreparedDataset:
         return path if path.is_file() else None
 
     def feature_store(self, name: str):
-        """Open feature store ``name``, verified against its manifest entry and this dataset:
-        size of ``data.mdb`` (always: reading a truncated LMDB file kills the process with
-        SIGBUS), SHA-256 (with ``verify``), dim, dtype and item count."""
-        from mmrec.features.store import FeatureStore, FeatureStoreError
+        """Open feature store ``name``, verified (:func:`open_feature_store`)."""
+        return open_feature_store(self.root, self.manifest, name, self.verify)
 
-        if name not in self.feature_entries:
-            raise DatasetError(f"{self.root}: no feature '{name}' in manifest.json (available: "
-                               f"{sorted(self.feature_entries) or 'none'}); extract it with "
-                               f"`{repair_command(self.manifest)}`.")
-        entry = self.feature_entries[name]
-        path = self.root / entry["path"]
-        repair = f"run `{repair_command(self.manifest)}` again: it extracts the store anew"
-        problem = store_damage(self.root, entry)
-        if problem is None and self.verify and "sha256" in entry \
-                and sha256_file(path / "data.mdb") != entry["sha256"]:
-            problem = "its SHA-256 differs from manifest.json (the file changed after extraction)"
-        if problem is not None:
-            raise DatasetError(f"{path}/data.mdb: {problem}; {repair}.")
-        try:
-            store = FeatureStore(path)
-        except FeatureStoreError as err:
-            raise DatasetError(f"{err} ({repair})") from err
-        # (key, value in the store, what it must be, who says so)
-        checks = [("dim", store.dim, entry.get("dim", store.dim), "manifest.json records"),
-                  ("dtype", store.dtype, entry.get("dtype", store.dtype), "manifest.json records"),
-                  ("num_items", store.num_items, self.num_items, "the dataset has")]
-        for key, found, expected, source in checks:
-            if found != expected:
-                store.close()
-                raise DatasetError(f"{path}: {key}={found!r} in the store, but {source} {expected!r}; {repair}.")
-        return store
+
+def open_feature_store(root: Path, manifest: dict, name: str, verify: bool = True):
+    """Open feature store ``name`` of the dataset in ``root``, verified against its manifest entry
+    and the dataset: size of ``data.mdb`` (always: reading a truncated LMDB file kills the
+    process with SIGBUS), SHA-256 (with ``verify``), dim, dtype and item count."""
+    from mmrec.features.store import FeatureStore, FeatureStoreError
+
+    root = Path(root)
+    entries = manifest.get("features", {})
+    if name not in entries:
+        raise DatasetError(f"{root}: no feature '{name}' in manifest.json (available: "
+                           f"{sorted(entries) or 'none'}); extract it with "
+                           f"`{repair_command(manifest, root)}`.")
+    entry = entries[name]
+    path = root / entry["path"]
+    repair = f"run `{repair_command(manifest, root)}` again: it extracts the store anew"
+    problem = store_damage(root, entry)
+    if problem is None and verify and "sha256" in entry and sha256_file(path / "data.mdb") != entry["sha256"]:
+        problem = "its SHA-256 differs from manifest.json (the file changed after extraction)"
+    if problem is not None:
+        raise DatasetError(f"{path}/data.mdb: {problem}; {repair}.")
+    try:
+        store = FeatureStore(path)
+    except FeatureStoreError as err:
+        raise DatasetError(f"{err} ({repair})") from err
+    # (key, value in the store, what it must be, who says so)
+    checks = [("dim", store.dim, entry.get("dim", store.dim), "manifest.json records"),
+              ("dtype", store.dtype, entry.get("dtype", store.dtype), "manifest.json records"),
+              ("num_items", store.num_items, int(manifest["num_items"]), "the dataset has")]
+    for key, found, expected, source in checks:
+        if found != expected:
+            store.close()
+            raise DatasetError(f"{path}: {key}={found!r} in the store, but {source} {expected!r}; {repair}.")
+    return store
+
+
+def feature_problem(root: str | os.PathLike, name: str, manifest: dict | None = None) -> str | None:
+    """Why feature store ``name`` cannot serve training, or None: what opening it verifies
+    (:func:`open_feature_store`, SHA-256 included) and a full read (NaN / inf values, corrupt
+    vectors). Reads the whole store: for repairs and stage checks, not for every load."""
+    from mmrec.features.store import FeatureStoreError
+
+    manifest = read_manifest(Path(root)) if manifest is None else manifest
+    if name not in manifest.get("features", {}):
+        return f"features/{name} is not registered in manifest.json"
+    try:
+        store = open_feature_store(Path(root), manifest, name, verify=True)
+    except DatasetError as err:
+        return str(err)
+    try:
+        store.bulk(dtype=None)
+    except FeatureStoreError as err:
+        return str(err)
+    finally:
+        store.close()
+    return None
 
 
 def store_damage(root: Path, entry: dict) -> str | None:
@@ -366,10 +447,13 @@ def store_damage(root: Path, entry: dict) -> str | None:
     return None
 
 
-def damaged_features(root: str | os.PathLike) -> dict[str, str]:
-    """``{name: problem}`` of the registered feature stores :func:`store_damage` finds unreadable."""
+def damaged_features(root: str | os.PathLike, deep: bool = False) -> dict[str, str]:
+    """``{name: problem}`` of the registered feature stores that are unreadable: by their size
+    (:func:`store_damage`, no file read), or with ``deep`` by everything
+    :func:`feature_problem` checks (checksum, header, dims, count, finite values)."""
     manifest = read_manifest(root)
-    found = {name: store_damage(Path(root), entry) for name, entry in manifest.get("features", {}).items()}
+    found = {name: (feature_problem(root, name, manifest) if deep else store_damage(Path(root), entry))
+             for name, entry in manifest.get("features", {}).items()}
     return {name: problem for name, problem in found.items() if problem is not None}
 
 

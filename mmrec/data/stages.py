@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +106,9 @@ def run_stages(root: str | Path, stages: Sequence[Stage], force: Sequence[str] =
 def prepare_command() -> str:
     """The command line of the running ``mmrec.prepare`` (from Hydra's overrides: what reruns
     these stages, resuming), or its generic form when not run through Hydra (e.g. from Python)."""
-    from hydra.core.hydra_config import HydraConfig
+    from mmrec.utils.config import command_line
 
-    if HydraConfig.initialized():
-        overrides = list(HydraConfig.get().overrides.task)
-        return " ".join(["python -m mmrec.prepare", *map(shlex.quote, overrides)])
-    return "python -m mmrec.prepare <the arguments used before>"
+    return command_line("mmrec.prepare") or "python -m mmrec.prepare <the arguments used before>"
 
 
 def format_summary(records: Sequence[dict]) -> str:

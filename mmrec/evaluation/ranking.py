@@ -84,7 +84,7 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
             nan_mask = sub.isnan()
             top_values[nan_rows], top_ids[nan_rows] = torch.topk(sub.masked_fill_(nan_mask, -torch.inf), k=k, dim=1)
             warnings.warn(f"{int(nan_mask.sum())} NaN scores among {len(us)} ranked users were ranked last: "
-                          f"the model has probably diverged (lower the learning rate?)", RuntimeWarning,
+                          f"non-finite user or item vectors (a diverged model, or damaged vectors)", RuntimeWarning,
                           stacklevel=2)
         ids.append(top_ids)
         values.append(top_values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,10 +15,11 @@ from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.items import ItemSets
 from mmrec.core.sequences import UserSequences
 from mmrec.data.prepared import (DatasetError, PreparedDataset, damaged_features, is_prepared,
-                                 load_prepared, read_manifest, repair_command, unfinished_features,
+                                 load_prepared, modality_order, read_manifest, repair_command, source_mismatch, unfinished_features,
                                  unregister_feature)
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
+from mmrec.utils.files import write_failure
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _usable(ds: PreparedDataset, name: str) -> tuple[torch.Tensor, torch.Tensor]
         store.close()
     if not bool(mask.any()):
         raise DatasetError(f"{store.path}: no item has a '{name}' vector (all {len(mask)} missing); fix its "
-                           f"inputs and run `{repair_command(ds.manifest)}` again (it redoes changed items), "
+                           f"inputs and run `{repair_command(ds.manifest, ds.root)}` again (it redoes changed items), "
                            f"or train without it: dataset.features=[...].")
     return values, mask
 
@@ -114,14 +114,17 @@ class RecDataModule(L.LightningDataModule):
         if is_prepared(self.root):
             self._check_source_matches()
             manifest = read_manifest(self.root)
-            unfinished, damaged = unfinished_features(manifest), damaged_features(self.root)
+            # a source this module prepares itself is repaired here: every kind of damage is looked for
+            # (checksum, header, dims, count, NaN: a full read); a staged source's stores by their size
+            repairable = self.source is not None and not hasattr(self.source, "stages")
+            unfinished, damaged = unfinished_features(manifest), damaged_features(self.root, deep=repairable)
             if not unfinished and not damaged:  # complete
                 return
             detail = "; ".join([f"feature stores {unfinished} never finished"] * bool(unfinished)
                                + [f"features/{name}: {why}" for name, why in sorted(damaged.items())])
             if self.source is None or hasattr(self.source, "stages"):
                 raise DatasetError(f"{self.root}: the dataset is incomplete ({detail}); run "
-                                   f"`{repair_command(manifest)}` (it resumes), then train.")
+                                   f"`{repair_command(manifest, self.root)}` (it resumes), then train.")
             log.warning("%s: the dataset is incomplete (%s); preparing it again (it resumes)", self.root, detail)
             for name in damaged:
                 unregister_feature(self.root, name)
@@ -134,21 +137,19 @@ class RecDataModule(L.LightningDataModule):
                                f"modality_encoder=<choice>` (e.g. modality_encoder=offline here); then train.")
         start = time.time()
         log.info("Preparing dataset into %s from %s", self.root, self.source.describe())
-        self.source.prepare(self.root)
+        try:
+            self.source.prepare(self.root)
+        except OSError as err:  # a read-only or full data folder: what failed, where, and the next step
+            where = err.filename or self.root
+            raise DatasetError(f"preparing {self.root}: {write_failure(where, err)}; or set paths.data_dir "
+                               f"(or dataset.root) to a writable folder") from err
         log.info("Prepared %s in %.1fs", self.root, time.time() - start)
 
     def _check_source_matches(self) -> None:
         """Refuse a prepared folder made from another source configuration (it would be
-        used silently otherwise). Paths may differ: checkouts move."""
-        if self.source is None:
-            return
-        stored = read_manifest(self.root).get("source", {})
-        wanted = json.loads(json.dumps(self.source.describe()))
-        diffs = {k: (stored.get(k), v) for k, v in wanted.items() if k != "path" and stored.get(k) != v}
-        if diffs:
-            detail = ", ".join(f"{k}: prepared {a!r}, configured {b!r}" for k, (a, b) in sorted(diffs.items()))
-            raise DatasetError(f"{self.root}: prepared from a different source configuration ({detail}). "
-                               f"Delete {self.root} to prepare it again, or set dataset.root to another folder.")
+        used silently otherwise)."""
+        if self.source is not None and (problem := source_mismatch(self.root, self.source)):
+            raise DatasetError(problem)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -158,7 +159,7 @@ class RecDataModule(L.LightningDataModule):
         unfinished = unfinished_features(ds.manifest)
         if unfinished and self.feature_names is None:
             raise DatasetError(f"{self.root}: feature extraction of {unfinished} did not finish; run "
-                               f"`{repair_command(ds.manifest)}` (it resumes), or pass "
+                               f"`{repair_command(ds.manifest, self.root)}` (it resumes), or pass "
                                f"dataset.features=[...] with the modalities you want.")
         self.dataset = ds
         u, i = ds.num_users, ds.num_items
@@ -168,12 +169,16 @@ class RecDataModule(L.LightningDataModule):
         self.train_matrix = InteractionMatrix(train_u, train_i, u, i, catalogue=self.item_sets.warm_ids)
         self.valid_matrix = InteractionMatrix(*ds.split("valid"), u, i)
         self.test_matrix = InteractionMatrix(*ds.split("test"), u, i)
+        if self.valid_matrix.nnz == 0:  # found now, not after a whole epoch by early stopping
+            raise DatasetError(f"{self.root}: the dataset has no validation interactions (split 1 in "
+                               f"interactions.parquet), and model selection and early stopping need them; prepare it "
+                               f"with a split that holds some out (e.g. 8:1:1 per user)")
         self.graph = BipartiteGraph(self.train_matrix, self.item_sets)
         inter = ds.interactions
         # every user's interactions in time order (the input of history models; cheap to build)
         self.sequences = UserSequences(inter["user"].to_numpy(), inter["item"].to_numpy(),
                                        inter["timestamp"].to_numpy(), inter["split"].to_numpy(), u, i)
-        names = list(ds.feature_entries) if self.feature_names is None else self.feature_names
+        names = modality_order(ds.manifest, self.feature_names)
         self.features = FeatureSet({name: _usable(ds, name) for name in names})
         train_users, train_items = ds.split("train")
         self._train_pairs = _PairDataset(torch.as_tensor(train_users), torch.as_tensor(train_items))

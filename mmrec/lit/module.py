@@ -18,6 +18,7 @@ from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
 from mmrec.models.base import GraphRecommender, TrainingContext, history_sampler_problem
+from mmrec.runs import IDENTITY_KEY
 from mmrec.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class RecModule(L.LightningModule):
         monitor: the validation metric used for model selection (``val/recall@20``).
         sequences: users' time-ordered histories; required by a model that represents users
             from their history (``encoder.user_from_history``).
+        identity: the run's model and dataset (:func:`mmrec.runs.run_identity`), written into
+            every checkpoint so that a resume can check it continues this run.
     """
 
     def __init__(
@@ -57,10 +60,11 @@ class RecModule(L.LightningModule):
         l2_weight: float = 1e-4,
         monitor: str = "val/recall@20",
         sequences: UserSequences | None = None,
+        identity: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "sampler", "graph", "train_matrix", "evaluator",
-                                          "features", "optimizer", "scheduler", "sequences"])
+                                          "features", "optimizer", "scheduler", "sequences", "identity"])
         self.encoder = encoder
         if optimizer is None and encoder.trainable:
             raise ValueError(f"{type(encoder).__name__} is trained by gradient steps: it needs an optimizer")
@@ -89,6 +93,7 @@ class RecModule(L.LightningModule):
             # [I] log share of the training pairs per item (logQ of in-batch negatives); cold items -inf
             self.register_buffer("item_log_prob", (degree / degree.sum()).log().float(), persistent=False)
         self.sequences = sequences
+        self.identity = identity or {}
         self._terms = (("loss", "bpr", "reg", "aux") if not encoder.user_from_history
                        else ("loss", *encoder.loss_terms))  # the epoch means logged as train/<term>
         self._epoch_sums = torch.zeros(len(self._terms))
@@ -225,6 +230,10 @@ class RecModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
                                  "monitor": self.monitor, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.identity:  # what a resume checks the checkpoint against (mmrec.runs.resume_problem)
+            checkpoint[IDENTITY_KEY] = self.identity
 
     # -- evaluation -----------------------------------------------------------------
     def unrankable_items(self) -> torch.Tensor | None:

@@ -202,7 +202,8 @@ def create_app(load: Callable[[], Recommender], limits: Limits | None = None, ti
         manifest = rec.bundle.manifest
         return {"model": card.get("model"), "dataset": card.get("dataset"), "metrics": card.get("metrics", {}),
                 "selected_on": card.get("selected_on"), "best_epoch": card.get("best_epoch"),
-                "created": manifest.get("created"), "mmrec_version": card.get("mmrec_version"),
+                # a run stopped by Ctrl-C / SIGTERM: its best checkpoint so far (None: it finished)
+                "interrupted": card.get("interrupted"), "created": manifest.get("created"), "mmrec_version": card.get("mmrec_version"),
                 "users": rec.num_users, "items": rec.num_items, "index": rec.index.name,
                 "rerank": getattr(rec.rerank, "func", rec.rerank).__name__, "text_queries": rec.text_vectors is not None
                 and bool(manifest.get("text_encoder")), "limits": limits.model_dump()}

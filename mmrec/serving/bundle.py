@@ -82,8 +82,7 @@ def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: p
     """
     out = Path(out)
     if out.exists() and not force:
-        raise BundleError(f"{out}: already exists; pass force=true (export.force=true) to replace it, or "
-                          f"choose another out=")
+        raise BundleError(f"{out}: already exists; pass force=true to replace it, or choose another out=")
     missing = [name for name in REQUIRED_ARRAYS if name not in arrays]
     if missing:
         raise BundleError(f"cannot write a bundle without {missing}")
@@ -163,11 +162,20 @@ class Bundle:
         return (self.root / "index.faiss").is_file()
 
 
+def reexport_hint(root: Path, run: str | None = None) -> str:
+    """What rebuilds a damaged bundle at ``root``: the export command of its run (``run``, or
+    the folder above a run's default ``<run>/bundle``), replacing the damaged copy."""
+    if run is None and (root.parent / "config.yaml").is_file() and (root.parent / "metrics.json").is_file():
+        run = str(root.parent)
+    out = "" if run is not None and Path(run) / "bundle" == root else f" out={root}"
+    return f"re-export it with `python -m mmrec.export run={run or '<run folder>'}{out} force=true`"
+
+
 def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
     """Open a bundle, check its format version and (``verify``) every file's size and SHA-256
     against the manifest; arrays are memory-mapped read-only."""
     root = Path(root)
-    how = f"re-export it with `python -m mmrec.export run=<run folder> out={root} export.force=true`"
+    how = reexport_hint(root)
     manifest_path = root / "manifest.json"
     if not root.is_dir():
         raise BundleError(f"{root}: no such bundle folder; export a run with `python -m mmrec.export run=<run folder>`")
@@ -208,8 +216,30 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise BundleError(f"{root}: items.parquet / users.parquet unreadable ({err}); {how}") from err
     bundle = Bundle(root, manifest, arrays, items, users)
+    how = reexport_hint(root, bundle.card.get("run"))
     _check_shapes(bundle, how)
+    if verify:
+        _check_finite(bundle, how)
     return bundle
+
+
+#: the float arrays of a bundle, all of which export writes finite (it refuses a diverged checkpoint)
+FLOAT_ARRAYS = ("user_vectors", "item_vectors") + OPTIONAL_ARRAYS + TOWER_ARRAYS
+
+
+def _check_finite(bundle: Bundle, how: str) -> None:
+    """Refuse NaN / inf in a bundle's vectors: export never writes them, so the file was altered
+    after export (a NaN score would otherwise be ranked as if it were a number)."""
+    for name in FLOAT_ARRAYS:
+        if name not in bundle.arrays:
+            continue
+        array = bundle.arrays[name]
+        bad = ~np.isfinite(array).reshape(len(array), -1).all(axis=1) if array.ndim else ~np.isfinite(array)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise BundleError(f"{bundle.root / (name + '.npy')}: {len(rows)} rows hold NaN or inf (rows "
+                              f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}); export writes only finite "
+                              f"vectors, so the file was altered after export; {how}")
 
 
 def _check_shapes(bundle: Bundle, how: str) -> None:

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def _checkpoint(run_dir: Path, record: dict[str, Any], trainable: bool) -> Path | None:
-    """The run's validation-selected checkpoint (found again in ``run_dir/checkpoints`` when the
-    run folder was moved), or ``None`` for a model that has nothing to load."""
+    """The run's validation-selected checkpoint, always inside ``run_dir`` (a copied or moved run
+    folder is exported from its own checkpoint, never from the folder it was copied from), or
+    ``None`` for a model that has nothing to load."""
     best = record.get("best_checkpoint")
     if not trainable:
         return None
@@ -37,13 +38,66 @@ def _checkpoint(run_dir: Path, record: dict[str, Any], trainable: bool) -> Path 
         raise BundleError(f"{run_dir / 'metrics.json'}: the run recorded no selected checkpoint (fast_dev_run, or "
                           f"no ModelCheckpoint callback): train it with checkpointing to export it")
     path = Path(best)
+    if not path.is_absolute():
+        path = run_dir / path
+    try:
+        inside = path.resolve().is_relative_to(run_dir.resolve())
+    except OSError:
+        inside = False
+    if not inside:
+        # recorded by the folder this one was copied or moved from: its own copy of the same file
+        own = run_dir / "checkpoints" / path.name
+        if not own.is_file():
+            raise BundleError(f"{run_dir / 'metrics.json'}: the selected checkpoint is recorded as {best}, outside this "
+                              f"run folder, and {own} does not exist: copy the run folder with its checkpoints/, or "
+                              f"export the original folder")
+        return own
     if not path.is_file():
-        moved = run_dir / "checkpoints" / path.name
-        if not moved.is_file():
-            raise BundleError(f"{path}: the selected checkpoint is missing (also not at {moved}); the run cannot be "
-                              f"exported without it")
-        path = moved
+        raise BundleError(f"{path}: the selected checkpoint is missing; the run cannot be exported without it "
+                          f"(retrain, or restore the file)")
     return path
+
+
+def _load_weights(module, checkpoint: Path) -> None:
+    """Load the selected checkpoint's weights into ``module``; a truncated or foreign file is a
+    :class:`BundleError` naming it."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - torch raises OSError, RuntimeError, EOFError, ... for a damaged file
+        raise BundleError(f"{checkpoint}: the selected checkpoint cannot be read ({type(err).__name__}: {err}); it is "
+                          f"truncated or damaged: restore it, or retrain the run") from err
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise BundleError(f"{checkpoint}: its weights do not fit the model of the run's config.yaml ({err}); the "
+                          f"checkpoint or config.yaml was replaced after training") from err
+
+
+def _finite(name: str, vectors: torch.Tensor, raw_ids: np.ndarray, checkpoint: Path | None) -> None:
+    """Refuse non-finite vectors: served, a NaN score ranks as if it were a number."""
+    bad = ~torch.isfinite(vectors).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(1)[:5].tolist()
+        raise BundleError(f"the selected checkpoint {checkpoint} gives NaN or inf {name} vectors for {int(bad.sum())} "
+                          f"rows (e.g. {[str(raw_ids[r]) for r in rows]}): the model diverged; retrain it (a lower "
+                          f"learning rate, gradient clipping: trainer.gradient_clip_val)")
+
+
+def _with_ids(table: pd.DataFrame, id_column: str, kind: str) -> pd.DataFrame:
+    """``table`` with an empty ``raw_id`` replaced by the dataset's own id (an MMRec-format
+    dataset has no original ids), and for items an empty ``title`` by the raw id: every served
+    id is unique and every card has a name."""
+    table = table.copy()
+    raw = table["raw_id"].fillna("").astype(str)
+    table["raw_id"] = raw.where(raw != "", table[id_column].astype(str))
+    duplicated = table["raw_id"][table["raw_id"].duplicated()]
+    if len(duplicated):
+        raise BundleError(f"the dataset's {kind} raw ids are not unique (e.g. {duplicated.iloc[0]!r}, with the "
+                          f"dataset's own ids standing in for empty ones); a served id must name one {kind}")
+    if "title" in table:
+        title = table["title"].fillna("").astype(str)
+        table["title"] = title.where(title != "", table["raw_id"])
+    return table
 
 
 def _history_csr(interactions: pd.DataFrame, num_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,14 +138,17 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
     module, datamodule = objects["module"], objects["datamodule"]
     checkpoint = _checkpoint(run_dir, record, module.encoder.trainable)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state, strict=True)
+        _load_weights(module, checkpoint)
     module.eval()
     with torch.no_grad():
         # a history model's users from their known history (training + validation), as at test time
         user_emb, item_emb = module.user_item_vectors("known")
     unrankable = module.unrankable_items()
     ds = datamodule.dataset
+    items = _with_ids(ds.items[["item", "raw_id", "title", "text", "image"]], "item", "item")
+    users = _with_ids(ds.users[["user", "raw_id"]], "user", "user")
+    _finite("user", user_emb, users["raw_id"].to_numpy(), checkpoint)
+    _finite("item", item_emb, items["raw_id"].to_numpy(), checkpoint)
     indptr, indices = _history_csr(ds.interactions, ds.num_users)
     arrays: dict[str, np.ndarray] = {
         "user_vectors": user_emb.detach().float().cpu().numpy(),
@@ -115,7 +172,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         values, mask = datamodule.features["text"]
         arrays["text_vectors"] = (values * mask.unsqueeze(1)).float().numpy()
         extra["text_encoder"] = feature_modality_encoder(ds.feature_entries["text"])
-    items = ds.items[["item", "raw_id", "title", "text", "image"]].copy()
     if group_column:
         if group_column not in ds.items.columns:
             raise BundleError(f"export.group_column={group_column!r}: the items table of {ds.root} has no such column "
@@ -139,10 +195,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         "selected_on": record.get("optimized_metric"), "best_epoch": record.get("best_epoch"),
         "checkpoint": None if checkpoint is None else str(checkpoint), "seed": record.get("seed"),
         "run": str(run_dir.resolve()), "mmrec_version": __version__,
+        # training stopped early by Ctrl-C / SIGTERM: the best checkpoint so far, not a finished run
+        "interrupted": record.get("interrupted"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     out = Path(out) if out is not None else run_dir / "bundle"
-    write_bundle(out, arrays, items, ds.users[["user", "raw_id"]], card, extra, images, index_writer, force=force)
+    if card["interrupted"]:
+        log.warning("%s: the run was interrupted (%s); the bundle holds its best checkpoint so far and says so in "
+                    "its model card", run_dir, card["interrupted"])
+    write_bundle(out, arrays, items, users, card, extra, images, index_writer, force=force)
     if verify:
         load_bundle(out, verify=True)
     log.info("Exported %s (%s on %s, %d users x %d items, %d-d) to %s in %.1fs", run_dir, card["model"], ds.name,

@@ -293,6 +293,7 @@ class Recommender:
                 out.append([])
                 continue
             scores = self.item_vectors[cand] @ queries[b]  # [n] exact model scores
+            scores = scores.nan_to_num(nan=-torch.inf)  # as the index ranks them: a NaN never leads (unverified bundles)
             order = torch.sort(scores, descending=True, stable=True).indices
             cand, scores = cand[order], scores[order]
             picked = self._rerank(cand, scores, k, diversity)

@@ -21,6 +21,19 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: str(node) if isinstance(node, list) else node}
 
 
+def command_line(module: str, drop: tuple[str, ...] = ()) -> str | None:
+    """``python -m <module> <overrides>`` of the running Hydra command (its task overrides, those
+    whose key is in ``drop`` left out), or None when not run through Hydra (e.g. from Python)."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") not in drop]
+    return " ".join([f"python -m {module}", *map(shlex.quote, overrides)])
+
+
 def resumed_run(ckpt_path: str | None) -> Path | None:
     """The run folder a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt`` of an mmrec
     run, which has ``config.yaml``), or None: a resume continues in that folder, so its curves,

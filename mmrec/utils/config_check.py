@@ -256,11 +256,28 @@ class CheckConfig(_HydraCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_config(config)
-        except ConfigError as err:
+            _run_folder_check(config)
+        except MmrecError as err:
             # Hydra turns a callback's exception into a warning and goes on to create the run
             # folder and start the job; exiting is the only way to stop before that.
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from err
+
+
+def _run_folder_check(config: DictConfig) -> None:
+    """A training's run folder (``hydra.run.dir``) must be its own, and a resumed checkpoint of
+    the configured model class (:mod:`mmrec.runs`): checked before Hydra writes ``.hydra/`` into
+    a folder that holds another run."""
+    if not all(key in config for key in ("trainer", "model", "ckpt_path")):
+        return  # not a training (prepare writes no run folder of this kind)
+    from mmrec.runs import RunFolderError, config_resume_problem, folder_problem
+
+    run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
+    ckpt = config.get("ckpt_path")
+    problem = folder_problem(run_dir, ckpt) if run_dir else None
+    problem = problem or config_resume_problem(ckpt, OmegaConf.select(config, "model.encoder._target_"))
+    if problem:
+        raise RunFolderError(problem)
 
 
 def _values(cfg: DictConfig, pattern: str) -> Iterator[tuple[str, Any]]:

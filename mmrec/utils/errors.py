@@ -61,7 +61,8 @@ def user_errors(run_dir: str | os.PathLike | None = None) -> Iterator[None]:
         found = user_error(err)
         if found is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if run_dir is not None and Path(run_dir).is_dir() and _only_bookkeeping(Path(run_dir)):
+        if run_dir is not None and Path(run_dir).is_dir() and _only_bookkeeping(Path(run_dir)) \
+                and not getattr(found, "keeps_folder", False):  # e.g. refused because it holds another run
             shutil.rmtree(run_dir, ignore_errors=True)
         print(f"error: {found}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
