@@ -24,7 +24,7 @@ def export(cfg: DictConfig):
                       verify=cfg.verify)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     with hydra_user_errors():
         out = export(cfg)

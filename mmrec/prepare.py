@@ -156,7 +156,7 @@ def _declaring(tables: Stage, root: Path, modalities: list[str], command: str) -
                  check=lambda: _tables_check(root))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
 def main(cfg: DictConfig) -> Any:
     with hydra_user_errors():
         records = prepare(cfg)

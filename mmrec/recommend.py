@@ -58,7 +58,7 @@ def format_table(recs: list[Recommendation]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="recommend")
+@hydra.main(version_base="1.3", config_path="conf", config_name="recommend")
 def main(cfg: DictConfig) -> None:
     with hydra_user_errors():
         recs = recommend(cfg)

@@ -118,7 +118,7 @@ def prefork(cfg: DictConfig) -> None:
     sock.close()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="serve")
+@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     with hydra_user_errors():
         serve(cfg)

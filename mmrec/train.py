@@ -345,7 +345,7 @@ def run(cfg: DictConfig) -> float | None:
     return None if value is None else float(value)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point (thin wrapper around :func:`run`); a user error ends in one line."""
     with hydra_user_errors():

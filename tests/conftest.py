@@ -10,7 +10,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+from mmrec.utils.config import CONFIG_DIR
+
+#: the checkout (tests run from it; the package itself never needs it)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = Path(os.environ.get("MMREC_SHARED", REPO_ROOT.parent / "shared"))
 SHARED_DATA = SHARED / "data"

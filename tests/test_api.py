@@ -152,7 +152,7 @@ def test_serve_command_refuses_a_damaged_bundle_and_runs_two_workers(serving_run
 
     import httpx
 
-    from mmrec.utils.config import REPO_ROOT
+    from conftest import REPO_ROOT
 
     bundle = serving_runs["freedom"][1]
     broken = tmp_path / "broken"

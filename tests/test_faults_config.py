@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from conftest import compose_cfg
 from mmrec.train import ConfigError, build, train
-from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+from mmrec.utils.config import CONFIG_DIR
+from conftest import REPO_ROOT
 from mmrec.utils.config_check import RULES, CheckConfig, check_config
 
 pytestmark = pytest.mark.faults

@@ -33,7 +33,7 @@ from mmrec.serving.bundle import BundleError, load_bundle
 from mmrec.serving.export import export_run
 from mmrec.serving.recommender import Recommender
 from mmrec.train import train
-from mmrec.utils.config import REPO_ROOT
+from conftest import REPO_ROOT
 from mmrec.utils.errors import MmrecError
 
 pytestmark = pytest.mark.faults

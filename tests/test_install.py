@@ -82,3 +82,42 @@ def test_the_readme_notebook_command_is_installed(command):
     exe = Path(sys.executable).parent / command[0]
     proc = subprocess.run([str(exe), *command[1:]], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_wheel_holds_the_configs_and_trains_from_any_folder(tmp_path):
+    """``pip install <wheel>`` (not ``-e``) into a fresh venv, then ``python -m mmrec.train`` from
+    an empty folder: the configs come from the installed package, data/ and logs/ go into the
+    working directory. The venv reaches the dependencies already installed for the tests through
+    a path file (so no download); mmrec itself is only the wheel's copy (checked)."""
+    import subprocess
+    import sysconfig
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("mmrec-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {p.relative_to(ROOT / "mmrec").as_posix() for p in (ROOT / "mmrec" / "conf").rglob("*.yaml")}
+    assert shipped and shipped <= {n.removeprefix("mmrec/") for n in names}  # every config is package data
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PYTHONPATH", "MMREC_HOME")}
+    where = subprocess.run([str(python), "-c", "import mmrec; print(mmrec.__file__)"], cwd=work, env=env,
+                           check=True, capture_output=True, text=True).stdout.strip()
+    assert where.startswith(purelib), where  # the wheel's copy, not the checkout
+    proc = subprocess.run([str(python), "-m", "mmrec.train", "trainer.max_epochs=1", "logger=none",
+                           "dataset.source.num_users=200", "dataset.source.num_items=150"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "data" / "demo-s0" / "manifest.json").is_file()
+    (run,) = (work / "logs" / "train" / "runs").iterdir()
+    assert (run / "metrics.json").is_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmrec.train import train
-from mmrec.utils.config import REPO_ROOT
+from conftest import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "results.ipynb"
 KERNEL = "mmrec-test-python"

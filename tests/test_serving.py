@@ -212,7 +212,7 @@ def test_recommend_cli(runs):
     import subprocess
     import sys
 
-    from mmrec.utils.config import REPO_ROOT
+    from conftest import REPO_ROOT
 
     bundle_dir = runs["lightgcn"][1]
 

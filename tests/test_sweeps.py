@@ -18,7 +18,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import SMALL_DEMO, compose_cfg
-from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+from mmrec.utils.config import CONFIG_DIR
+from conftest import REPO_ROOT
 
 SEARCHES = sorted(p.stem for p in (CONFIG_DIR / "hparams_search").glob("*_optuna.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -11,7 +11,8 @@ import torch
 
 from conftest import SMALL_DEMO
 from mmrec.train import ConfigError, _epoch_of, run, train
-from mmrec.utils.config import CONFIG_DIR, REPO_ROOT
+from mmrec.utils.config import CONFIG_DIR
+from conftest import REPO_ROOT
 from mmrec.utils.errors import MmrecError
 
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "conf"
+#: the configs shipped inside the package (package data): the primary config folder of every entry point
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: environment variable naming the folder data/ and logs/ default to (else the working directory)
+HOME_ENV = "MMREC_HOME"
+
+
+def home() -> str:
+    """Where ``data/`` and ``logs/`` go by default: ``$MMREC_HOME``, else the working directory
+    (absolute: a run's recorded config stays valid from any other directory)."""
+    return os.path.abspath(os.environ.get(HOME_ENV) or os.getcwd())
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -46,8 +55,8 @@ def resumed_run(ckpt_path: str | None) -> Path | None:
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("mmrec_root"):
-        OmegaConf.register_new_resolver("mmrec_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("mmrec_home"):
+        OmegaConf.register_new_resolver("mmrec_home", home)
     if not OmegaConf.has_resolver("mmrec_run_dir"):
         # hydra.run.dir: the resumed run's folder when ckpt_path is one of its checkpoints
         OmegaConf.register_new_resolver(
