@@ -25,10 +25,11 @@ def l2_batch(user_ego: torch.Tensor, pos_ego: torch.Tensor, neg_ego: torch.Tenso
               + \frac{1}{K}\lVert E_{i^-} \rVert^2\right)
 
     with ``user_ego [B, d]``, ``pos_ego [B, d]``, ``neg_ego [B, K, d]``; the negatives are
-    averaged over ``K`` so the weight means the same whatever ``K`` is.
+    averaged over ``K`` so the weight means the same whatever ``K`` is (``K = 0``: no term).
     """
     batch, k = neg_ego.shape[0], neg_ego.shape[1]
-    return 0.5 * (user_ego.pow(2).sum() + pos_ego.pow(2).sum() + neg_ego.pow(2).sum() / k) / batch
+    neg = neg_ego.pow(2).sum() / k if k else neg_ego.new_zeros(())
+    return 0.5 * (user_ego.pow(2).sum() + pos_ego.pow(2).sum() + neg) / batch
 
 
 def sampled_softmax_loss(scores: torch.Tensor, log_q: torch.Tensor | None = None,
@@ -84,3 +85,37 @@ def bce_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
         pos_scores: ``[N]``; neg_scores: ``[N, K]``.
     """
     return (-F.logsigmoid(pos_scores) - F.logsigmoid(-neg_scores).mean(dim=1)).mean()
+
+
+# -- self-supervised objectives -------------------------------------------------------------------
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""InfoNCE between two views of the same ``N`` nodes, the other nodes of the batch as negatives
+    (SGL, Wu et al. 2021; SimGCL / XSimGCL, Yu et al. 2022 / 2023):
+
+    .. math:: \mathcal{L} = -\frac1N \sum_n \log
+              \frac{e^{s(a_n, b_n)/\tau}}{\sum_{m} e^{s(a_n, b_m)/\tau}}, \qquad
+              s(x, y) = \frac{x^\top y}{\lVert x\rVert \lVert y\rVert}
+
+    One ``[N, N]`` product and a ``logsumexp`` (cross-entropy) for all pairs at once.
+
+    Args:
+        a, b: ``[N, d]`` the two views (row ``n`` of each is the same node).
+        temperature: :math:`\tau > 0`.
+    """
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = a @ b.T / temperature  # [N, N]
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+def cosine_alignment(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    r"""Negative-free alignment (BYOL, Grill et al. 2020; BM3, Zhou et al. 2023): one minus the
+    mean cosine similarity of each row with its target, the target treated as a constant:
+
+    .. math:: \mathcal{L} = 1 - \frac1N\sum_n \frac{o_n^\top \mathrm{sg}(t_n)}{\lVert o_n\rVert\,\lVert t_n\rVert}
+
+    Args:
+        online: ``[N, d]`` the predicted (online) view; gradients flow into it.
+        target: ``[N, d]`` the target view (detached here: the stop-gradient of bootstrapping).
+    """
+    return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()

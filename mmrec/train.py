@@ -90,7 +90,7 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
     encoder_cls = get_class(cfg.model.encoder._target_)
     kwargs: dict[str, Any] = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
     # a model whose content is optional (the sequential ones) reads it unless the fusion is `none`
-    reads_content = encoder_cls.uses_content and not (getattr(encoder_cls, "content_optional", False)
+    reads_content = encoder_cls.uses_content and not (encoder_cls.content_optional
                                                       and issubclass(get_class(cfg.fusion._target_), NoFusion))
     if reads_content:
         if len(datamodule.features) == 0:
@@ -99,9 +99,9 @@ def build_module(cfg: DictConfig) -> dict[str, Any]:
         kwargs.update(features=datamodule.features, fusion=fusion)
     encoder = instantiate(cfg.model.encoder, **kwargs)
     # history models train on what they declare: (user, item) pairs or users with their sequences
-    datamodule.train_unit = getattr(encoder, "train_unit", "pairs")
-    datamodule.min_history = getattr(encoder, "min_history", 1)
-    if hasattr(encoder, "fit"):  # closed-form models (iALS) are fitted here, for training and export alike
+    datamodule.train_unit = encoder.train_unit
+    datamodule.min_history = encoder.min_history
+    if encoder.fitted:  # closed-form models (iALS) are fitted here, for training and export alike
         start = time.time()
         encoder.fit(datamodule.graph)
         log.info("Fitted %s in %.1fs.", type(encoder).__name__, time.time() - start)

@@ -13,6 +13,7 @@ from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.graph.knn import cosine_knn, fused_knn_graph
 from mmrec.models import FREEDOM, GRCN, LATTICE, MMGCN, VBPR, LightGCN
 from mmrec.models.ops import normalize_rows
+from mmrec.models.base import TrainingStep
 
 U, I, D = 12, 15, 8
 
@@ -55,9 +56,10 @@ def test_shapes_and_gradients(graph, features):
         assert scores.shape == (U, I) and torch.isfinite(scores).all()
         users, items = torch.arange(4), torch.randint(0, I, (4, 3))
         loss = scores.sum()
-        aux = model.auxiliary_loss(user_emb, item_emb, users, items, features)
-        if aux is not None:
-            loss = loss + aux
+        step = TrainingStep(users, items, user_emb, item_emb, {}, graph, features)
+        terms = model.extra_losses(step)
+        assert set(terms) == set(model.loss_terms), type(model).__name__
+        loss = loss + sum(model.loss_weights.get(name, 1.0) * term for name, term in terms.items())
         loss.backward()
         trained = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         assert trained, type(model).__name__

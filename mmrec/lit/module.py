@@ -17,7 +17,7 @@ from mmrec.evaluation.evaluator import HISTORY, EvaluationPass, Evaluator, Score
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
-from mmrec.models.base import GraphRecommender, TrainingContext, history_sampler_problem
+from mmrec.models.base import GraphRecommender, TrainingContext, TrainingStep, history_sampler_problem
 from mmrec.runs import IDENTITY_KEY
 from mmrec.sampling import NegativeSampler
 
@@ -68,8 +68,8 @@ class RecModule(L.LightningModule):
         self.encoder = encoder
         if optimizer is None and encoder.trainable:
             raise ValueError(f"{type(encoder).__name__} is trained by gradient steps: it needs an optimizer")
-        if encoder.item_local and type(encoder).auxiliary_loss is not GraphRecommender.auxiliary_loss:
-            raise TypeError(f"{type(encoder).__name__} is item_local but defines auxiliary_loss, which needs "
+        if encoder.item_local and encoder.loss_terms:
+            raise TypeError(f"{type(encoder).__name__} is item_local but has its own loss terms, which need "
                             f"the full tables that its row-only training steps do not compute")
         self.sampler = sampler
         self.graph = graph
@@ -94,8 +94,9 @@ class RecModule(L.LightningModule):
             self.register_buffer("item_log_prob", (degree / degree.sum()).log().float(), persistent=False)
         self.sequences = sequences
         self.identity = identity or {}
-        self._terms = (("loss", "bpr", "reg", "aux") if not encoder.user_from_history
-                       else ("loss", *encoder.loss_terms))  # the epoch means logged as train/<term>
+        # the epoch means logged as train/<term>: the total, the main loss and L2, the model's own terms
+        self._terms = (("loss", "bpr", "reg", *encoder.loss_terms) if not encoder.user_from_history
+                       else ("loss", *encoder.loss_terms))
         self._epoch_sums = torch.zeros(len(self._terms))
         self._epoch_count = 0
 
@@ -165,13 +166,16 @@ class RecModule(L.LightningModule):
             distinct, where = torch.unique(items, return_inverse=True)  # [n], [B, 1 + K]
             u, distinct_rows = self.encoder.forward_rows(self.graph, self.features, users, distinct)  # [B, d], [n, d]
             return self._step_loss(users, items, u, distinct_rows[where])
-        user_emb, item_emb = self.encoder(self.graph, self.features)  # [U, d], [I, d]
+        user_emb, item_emb, views = self.encoder.training_forward(self.graph, self.features)  # [U, d], [I, d]
         u = user_emb[users]  # [B, d]
 
         def score_fn(us: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
             return self.encoder.score_pairs(user_emb[us].detach().unsqueeze(1), item_emb[items].detach())
 
-        if self.sampler.synthesizes:
+        if self.encoder.main_loss == "none":  # no negatives: the model's own terms are its objective
+            items = pos.unsqueeze(1)  # [B, 1]
+            item_rows = item_emb[items]  # [B, 1, d]
+        elif self.sampler.synthesizes:
             # Synthetic hard negatives built from this step's embeddings (MixGCF-style).
             neg_rows, neg = self.sampler.synthesize(users, pos, self.train_matrix, u, item_emb)  # [B, K, d], [B, K]
             items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
@@ -183,25 +187,40 @@ class RecModule(L.LightningModule):
             # zero-fills a full [I, d] gradient, which dominates on memory-bound CPUs.
             items = torch.cat([pos.unsqueeze(1), neg], dim=1)  # [B, 1 + K]
             item_rows = item_emb[items]  # [B, 1 + K, d]
-        aux = self.encoder.auxiliary_loss(user_emb, item_emb, users, items, self.features)
-        return self._step_loss(users, items, u, item_rows, aux)
+        extra = self.encoder.extra_losses(TrainingStep(users, items, user_emb, item_emb, views, self.graph,
+                                                       self.features)) if self.encoder.loss_terms else {}
+        if set(extra) != set(self.encoder.loss_terms):
+            raise RuntimeError(f"{type(self.encoder).__name__}.extra_losses returned {sorted(extra)}, but its "
+                               f"loss_terms are {list(self.encoder.loss_terms)}")
+        return self._step_loss(users, items, u, item_rows, extra)
 
     def _step_loss(self, users: torch.Tensor, items: torch.Tensor, u: torch.Tensor, item_rows: torch.Tensor,
-                   aux: torch.Tensor | None = None) -> torch.Tensor:
-        """BPR + L2 (+ the model's auxiliary term) of a step: users ``[B]``, items ``[B, 1 + K]``
-        (positive first), their representations ``u`` ``[B, d]`` and ``item_rows`` ``[B, 1 + K, d]``."""
-        scores = self.encoder.score_pairs(u.unsqueeze(1), item_rows)  # [B, 1 + K]
-        loss_bpr = bpr_loss(scores[:, 0], scores[:, 1:])
+                   extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        r"""The objective of a graph model's step, in one place:
+
+        .. math:: \mathcal L = \mathrm{BPR} + \lambda_{L2}\,\mathrm{L2} + \sum_t w_t \mathcal L_t
+
+        for users ``[B]``, items ``[B, 1 + K]`` (positive first), their representations ``u``
+        ``[B, d]`` and ``item_rows`` ``[B, 1 + K, d]``, and the model's own terms ``extra``
+        (:meth:`~mmrec.models.base.GraphRecommender.extra_losses`, weighted by its ``loss_weights``).
+        BPR is 0 for a model whose ``main_loss`` is ``none``."""
+        if self.encoder.main_loss == "bpr":
+            scores = self.encoder.score_pairs(u.unsqueeze(1), item_rows)  # [B, 1 + K]
+            loss_bpr = bpr_loss(scores[:, 0], scores[:, 1:])
+        else:
+            loss_bpr = u.new_zeros(())
         # the batch's rows of each layer-0 block, side by side (never a full-size concatenation)
         user_blocks, item_blocks = self.encoder.ego_embeddings()
         user_ego = torch.cat([b.index_select(0, users) for b in user_blocks], dim=1)  # [B, d_u]
         item_ego_rows = torch.cat([b[items] for b in item_blocks], dim=-1)  # [B, 1 + K, d_i]
         loss_reg = l2_batch(user_ego, item_ego_rows[:, 0], item_ego_rows[:, 1:])
+        zero = loss_reg.new_zeros(())  # a term not computed (direct calls in tests) counts 0
+        terms = [(extra or {}).get(name, zero) for name in self.encoder.loss_terms]
+        weights = self.encoder.loss_weights
         loss = loss_bpr + self.l2_weight * loss_reg
-        if aux is not None:
-            loss = loss + aux
-        self._accumulate(torch.stack([loss, loss_bpr, loss_reg, aux if aux is not None else loss.new_zeros(())]),
-                         len(users))
+        for name, term in zip(self.encoder.loss_terms, terms):
+            loss = loss + weights.get(name, 1.0) * term
+        self._accumulate(torch.stack([loss, loss_bpr, loss_reg, *terms]), len(users))
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -211,8 +230,8 @@ class RecModule(L.LightningModule):
 
     def epoch_losses(self) -> dict[str, float]:
         """Means over the current training epoch so far: ``train/loss`` (what is minimised),
-        ``train/bpr``, ``train/reg`` (the L2 term before its weight), ``train/aux``; for a
-        history model ``train/loss`` and its own terms."""
+        ``train/bpr``, ``train/reg`` (the L2 term before its weight) and each of the model's own
+        terms before its weight; for a history model ``train/loss`` and its own terms."""
         if self._epoch_count == 0:
             return {}
         means = (self._epoch_sums / self._epoch_count).tolist()

@@ -18,8 +18,44 @@ from mmrec.graph.bipartite import BipartiteGraph, block_spmm
 from mmrec.graph.knn import fused_knn_graph
 
 
+@dataclass
+class TrainingStep:
+    """One training step of a graph model, as its own loss terms (:meth:`GraphRecommender.extra_losses`)
+    see it; built by the training module.
+
+    Attributes:
+        users: ``[B]`` the batch's users.
+        items: ``[B, 1 + K]`` each row's positive item, then its ``K`` negatives (``K = 0`` for a
+            model whose :attr:`~GraphRecommender.main_loss` is ``none``: no negatives are drawn).
+        user_emb, item_emb: ``[U, d]``, ``[I, d]`` the tables of this step's
+            :meth:`~GraphRecommender.training_forward` (what the main loss scores).
+        views: what :meth:`~GraphRecommender.training_forward` returned besides the tables (perturbed
+            views, layer outputs, side representations): read by the model's own terms only.
+        graph: the training graph.
+        features: item features (empty for ID-only models).
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    user_emb: torch.Tensor
+    item_emb: torch.Tensor
+    views: dict[str, Any]
+    graph: BipartiteGraph
+    features: Any
+
+
 class GraphRecommender(nn.Module):
     """Base class: ``forward(graph, features) -> (user_emb [U, d], item_emb [I, d])``.
+
+    The objective of a training step (:class:`mmrec.lit.module.RecModule`, one place) is
+
+    .. math:: \mathcal L = \mathcal L_{main} + \lambda_{L2}\,\mathcal L_{L2}
+              + \sum_{t \in \text{loss\_terms}} w_t\, \mathcal L_t
+
+    with :math:`\mathcal L_{main}` BPR on the tables of :meth:`training_forward` (or nothing,
+    ``main_loss = "none"``), the L2 term on the batch's :meth:`ego_embeddings`, and the model's
+    own terms :meth:`extra_losses` (contrastive, alignment, per-modality BPR, ...) weighted by
+    :attr:`loss_weights`; every term is logged as ``train/<name>`` before its weight.
 
     Class attributes:
         uses_content: whether the model reads item features. Content models take
@@ -33,10 +69,28 @@ class GraphRecommender(nn.Module):
             :meth:`auxiliary_loss` (it would need the full tables).
         trainable: the model learns from the training interactions by gradient steps; the
             reference baselines (popularity, random) do not, and are evaluated without fitting.
+        fitted: the model is fitted in closed form by :meth:`fit` when the run is assembled
+            (iALS), for training and export alike.
+        content_optional: a content model that also runs ID-only, when the fusion is ``none``
+            (the sequential models): it then gets no features.
+        main_loss: ``bpr`` (BPR on sampled negatives) or ``none`` (no negatives are drawn: the
+            model's own :attr:`loss_terms` are its whole objective, e.g. BM3's bootstrapping).
+        loss_terms: names of the terms :meth:`extra_losses` returns (logged as ``train/<name>``).
+        loss_weights: ``{term: weight}`` of those terms (instance attribute; 1 where absent).
+        train_unit: what a training batch holds: ``pairs`` (``(users [B], items [B])``) or
+            ``users`` (``users [B]``; a history model reads their sequences).
+        min_history: with ``users`` batches, the fewest training items a drawn user has.
     """
 
     uses_content: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
+    fitted: ClassVar[bool] = False
+    content_optional: ClassVar[bool] = False
+    main_loss: ClassVar[str] = "bpr"
+    loss_terms: tuple[str, ...] = ()
+    loss_weights: dict[str, float] = {}
+    train_unit: ClassVar[str] = "pairs"
+    min_history: ClassVar[int] = 1
     #: the user representation is computed from a batch of histories (:class:`HistoryRecommender`)
     user_from_history: ClassVar[bool] = False
     supported_fusions: ClassVar[tuple[str, ...]] = ("none",)
@@ -94,10 +148,26 @@ class GraphRecommender(nn.Module):
         ``out`` (``[B, I]``) when given, so that evaluation can reuse one buffer."""
         return torch.mm(user_emb, item_emb.T, out=out)
 
-    def auxiliary_loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, users: torch.Tensor,
-                       items: torch.Tensor, features=None) -> torch.Tensor | None:
-        """Extra loss term a model defines, given the step's embeddings, the batch users ``[B]``
-        and items ``[B, 1 + K]`` (positive first, then negatives); none by default."""
+    def training_forward(self, graph: BipartiteGraph, features=None
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """``(user_emb [U, d], item_emb [I, d], views)`` of a training step: the tables the main loss
+        scores and whatever the model's own terms need besides them (perturbed views, layer
+        outputs); by default ``forward`` and no views. Evaluation always uses ``forward``."""
+        user_emb, item_emb = self(graph, features)
+        return user_emb, item_emb, {}
+
+    def extra_losses(self, step: TrainingStep) -> dict[str, torch.Tensor]:
+        """The model's own loss terms ``{name: scalar}`` for :attr:`loss_terms`, before their
+        :attr:`loss_weights`; none by default."""
+        return {}
+
+    def fit(self, graph: BipartiteGraph) -> None:
+        """Closed-form fit on the training graph (models with :attr:`fitted`)."""
+        raise NotImplementedError(f"{type(self).__name__} is not fitted in closed form")
+
+    def serving_user_tower(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``(arrays, manifest entry)`` of a user tower that serving runs for new visitors, or
+        ``None`` (new visitors are folded in from the item vectors)."""
         return None
 
 
@@ -204,20 +274,14 @@ class HistoryRecommender(GraphRecommender):
     one :class:`~mmrec.evaluation.evaluator.Evaluator` ranks, masks and counts them exactly
     as it does for the graph models.
 
-    Class attributes:
-        train_unit: ``pairs`` (training batches are ``(users [B], items [B])`` as for BPR) or
-            ``users`` (batches are ``users [B]``; the model reads their sequences).
-        min_history: with ``users`` batches, only users with at least this many training
-            items are drawn (SASRec: 2, one input and one next item).
+    Attributes (besides those of :class:`GraphRecommender`):
         loss_terms: names of the terms :meth:`training_loss` returns besides ``loss``
             (logged as ``train/<term>``).
         max_len: histories are capped to the latest ``max_len`` items (instance attribute).
     """
 
     user_from_history: ClassVar[bool] = True
-    train_unit: ClassVar[str] = "pairs"
-    min_history: ClassVar[int] = 1
-    loss_terms: ClassVar[tuple[str, ...]] = ()
+    main_loss: ClassVar[str] = "none"  # the model's own objective (training_loss)
     max_len: int
 
     def forward(self, graph: BipartiteGraph, features=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from mmrec.fusion import GraphSumFusion, ModalityProjector
 from mmrec.graph.bipartite import BipartiteGraph, block_spmm, layer_mean
 from mmrec.graph.knn import fused_knn_graph
 from mmrec.losses import bpr_loss
-from mmrec.models.base import ColdItemNeighbours, GraphRecommender
+from mmrec.models.base import ColdItemNeighbours, GraphRecommender, TrainingStep
 
 
 class FREEDOM(GraphRecommender):
@@ -36,7 +36,7 @@ class FREEDOM(GraphRecommender):
 
     Loss: BPR on :math:`\langle\mathbf u, \mathbf i\rangle` plus ``modality_loss_weight``
     :math:`\times \sum_m \mathrm{BPR}(\mathbf u, T_m f^m_{i^+}, T_m f^m_{i^-})` with linear
-    projections :math:`T_m` (:meth:`auxiliary_loss`).
+    projections :math:`T_m` (:meth:`extra_losses`, term ``modality_bpr``).
 
     Cold items (no training interaction) have no user-item edges and an untrained ID
     embedding, so their user-item part :math:`\bar{\mathbf e}_i` is set to 0 and only
@@ -82,6 +82,8 @@ class FREEDOM(GraphRecommender):
         self.num_ii_layers = num_ii_layers
         self.edge_dropout = edge_dropout
         self.modality_loss_weight = modality_loss_weight
+        self.loss_terms = ("modality_bpr",)
+        self.loss_weights = {"modality_bpr": modality_loss_weight}
         self.user_embedding = nn.Embedding(num_users, embedding_dim)
         self.item_embedding = nn.Embedding(num_items, embedding_dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -109,13 +111,13 @@ class FREEDOM(GraphRecommender):
     def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         return (self.user_embedding.weight,), (self.item_embedding.weight,)
 
-    def auxiliary_loss(self, user_emb, item_emb, users, items, features=None):
+    def extra_losses(self, step: TrainingStep) -> dict[str, torch.Tensor]:
         if self.modality_loss_weight == 0:
-            return None
-        projected, _ = self.projector(features)  # [M, I, d]
-        u = user_emb[users].unsqueeze(1)  # [B, 1, d]
-        loss = user_emb.new_zeros(())
+            return {"modality_bpr": step.user_emb.new_zeros(())}
+        projected, _ = self.projector(step.features)  # [M, I, d]
+        u = step.user_emb[step.users].unsqueeze(1)  # [B, 1, d]
+        loss = step.user_emb.new_zeros(())
         for part in projected:
-            scores = (u * part[items]).sum(-1)  # [B, 1 + K]
+            scores = (u * part[step.items]).sum(-1)  # [B, 1 + K]
             loss = loss + bpr_loss(scores[:, 0], scores[:, 1:])
-        return self.modality_loss_weight * loss
+        return {"modality_bpr": loss}

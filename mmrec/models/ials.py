@@ -36,6 +36,7 @@ class IALS(GraphRecommender):
     """
 
     trainable = False
+    fitted = True  # fit() runs when the run is assembled
 
     def __init__(self, num_users: int, num_items: int, factors: int = 64, regularization: float = 0.01,
                  alpha: float = 1.0, iterations: int = 15, seed: int | None = 0):

@@ -158,7 +158,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         "item_popularity": datamodule.train_matrix.item_degree().cpu().numpy().astype(np.int64),
         "history_indptr": indptr, "history_indices": indices,
     }
-    tower = module.encoder.serving_user_tower() if hasattr(module.encoder, "serving_user_tower") else None
+    tower = module.encoder.serving_user_tower()
     if tower is not None:  # two-tower: new visitors go through the user tower
         arrays.update({name: t.float().cpu().numpy() for name, t in tower[0].items()})
     content = datamodule.features.content_vectors()

@@ -1,0 +1,86 @@
+"""Training objectives, fully vectorised."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    r"""Bayesian personalised ranking (Rendle et al., UAI 2009) with ``K`` negatives per positive.
+
+    .. math:: \mathcal{L} = -\frac{1}{BK}\sum_{b,k} \log \sigma(\hat y_{b}^{+} - \hat y_{bk}^{-})
+
+    Args:
+        pos_scores: ``[B]`` scores of the positive items.
+        neg_scores: ``[B, K]`` scores of the negatives (broadcast against the positive).
+    """
+    return -F.logsigmoid(pos_scores.unsqueeze(1) - neg_scores).mean()
+
+
+def l2_batch(user_ego: torch.Tensor, pos_ego: torch.Tensor, neg_ego: torch.Tensor) -> torch.Tensor:
+    r"""LightGCN's regulariser on the batch's layer-0 embeddings, scaled per example:
+
+    .. math:: \frac{1}{2B}\left(\lVert E_u \rVert^2 + \lVert E_{i^+} \rVert^2
+              + \frac{1}{K}\lVert E_{i^-} \rVert^2\right)
+
+    with ``user_ego [B, d]``, ``pos_ego [B, d]``, ``neg_ego [B, K, d]``; the negatives are
+    averaged over ``K`` so the weight means the same whatever ``K`` is.
+    """
+    batch, k = neg_ego.shape[0], neg_ego.shape[1]
+    return 0.5 * (user_ego.pow(2).sum() + pos_ego.pow(2).sum() + neg_ego.pow(2).sum() / k) / batch
+
+
+def sampled_softmax_loss(scores: torch.Tensor, log_q: torch.Tensor | None = None,
+                         candidates: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Sampled softmax over a shared candidate set (in-batch negatives, Yi et al., RecSys 2019),
+    with the logQ correction of the candidates' sampling probabilities:
+
+    .. math:: \mathcal{L} = -\frac1B \sum_b \log
+              \frac{e^{s_{bb} - \log q_b}}{\sum_{j} e^{s_{bj} - \log q_j}}
+
+    Args:
+        scores: ``[B, N]`` scores (already divided by the temperature) of every row's user
+            against the ``N >= B`` candidates; row ``b``'s positive is candidate ``b``.
+        log_q: ``[N]`` log of each candidate's (expected) frequency among the candidates
+            (``None``: no correction). Popular items appear as negatives more often than
+            they would under a uniform draw; subtracting :math:`\log q_j` removes that bias.
+        candidates: ``[N]`` item ids of the candidates: another row's copy of a row's own
+            positive item is not a negative for it (an "accidental hit") and is left out.
+    """
+    batch = scores.shape[0]
+    logits = scores if log_q is None else scores - log_q.unsqueeze(0)  # [B, N]
+    if candidates is not None:
+        same = candidates.unsqueeze(0) == candidates[:batch].unsqueeze(1)  # [B, N]
+        same[:, :batch].fill_diagonal_(False)  # the row's own positive stays
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(batch, device=scores.device))
+
+
+def full_softmax_loss(hidden: torch.Tensor, item_emb: torch.Tensor, targets: torch.Tensor,
+                      allowed: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Cross-entropy over the whole catalogue (SASRec+ of Klenitskiy & Vasilev 2023; BERT4Rec):
+
+    .. math:: \mathcal{L} = -\frac1N \sum_n \log \frac{e^{h_n^\top e_{t_n}}}{\sum_{i \in \mathcal{C}} e^{h_n^\top e_i}}
+
+    Args:
+        hidden: ``[N, d]`` the representations of the N predicted positions.
+        item_emb: ``[I, d]`` item representations (output layer tied to them).
+        targets: ``[N]`` the item at each position.
+        allowed: ``[I]`` bool, the catalogue :math:`\mathcal C` (cold items are never shown to a
+            model in training, not even as negatives); ``None``: every item.
+    """
+    logits = hidden @ item_emb.T  # [N, I]
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed.unsqueeze(0), float("-inf"))
+    return F.cross_entropy(logits, targets)
+
+
+def bce_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    r"""Binary cross-entropy with sampled negatives (SASRec as published):
+    :math:`-\log\sigma(s^+) - \frac1K\sum_k \log(1 - \sigma(s^-_k))`, averaged.
+
+    Args:
+        pos_scores: ``[N]``; neg_scores: ``[N, K]``.
+    """
+    return (-F.logsigmoid(pos_scores) - F.logsigmoid(-neg_scores).mean(dim=1)).mean()

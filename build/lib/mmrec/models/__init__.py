@@ -1,0 +1,18 @@
+"""Recommenders: each a plain ``nn.Module`` with ``forward(graph, features) -> (user_emb, item_emb)``,
+or, for those that represent users from their histories (two-tower, SASRec, BERT4Rec), the
+:class:`~mmrec.models.base.HistoryRecommender` contract."""
+
+from mmrec.models.base import GraphRecommender, HistoryRecommender
+from mmrec.models.baselines import Popularity, RandomRanker
+from mmrec.models.freedom import FREEDOM
+from mmrec.models.grcn import GRCN
+from mmrec.models.ials import IALS
+from mmrec.models.lattice import LATTICE
+from mmrec.models.lightgcn import LightGCN
+from mmrec.models.mmgcn import MMGCN
+from mmrec.models.sequential import BERT4Rec, SASRec
+from mmrec.models.two_tower import TwoTower
+from mmrec.models.vbpr import VBPR
+
+__all__ = ["BERT4Rec", "FREEDOM", "GRCN", "GraphRecommender", "HistoryRecommender", "IALS", "LATTICE", "LightGCN",
+           "MMGCN", "Popularity", "RandomRanker", "SASRec", "TwoTower", "VBPR"]

@@ -1,0 +1,357 @@
+"""Train and evaluate a recommender: ``python -m mmrec.train model=lightgcn dataset=demo``.
+
+``train(cfg)`` is a plain function (tests call it with a composed config); ``main()`` is the
+thin Hydra wrapper that returns the validation metric sweepers optimise.
+
+Protocol: early stopping and checkpoint selection watch ``cfg.optimized_metric`` (a
+validation metric); after training the best checkpoint is evaluated once on validation
+(for the record) and once on test. ``metrics.json`` and the resolved ``config.yaml`` land
+in the run folder.
+
+Resume (``ckpt_path=<run>/checkpoints/last.ckpt``) continues the same run: same folder, the
+best checkpoint and its score carried in ``last.ckpt``, so selection covers every epoch of
+the run. An interrupted run (Ctrl-C, SIGTERM) evaluates and records the best checkpoint so
+far, marked ``"interrupted": true`` in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import json
+import logging
+import os
+import re
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from mmrec.evaluation.evaluator import HISTORY, Evaluator
+from mmrec.fusion import NoFusion
+from mmrec.lit.callbacks import EpochStats
+from mmrec.lit.datamodule import RecDataModule
+from mmrec.lit.module import RecModule
+from mmrec.runs import (RunFolderError, RunLock, config_resume_problem, folder_problem, load_checkpoint,
+                        resume_problem, run_identity)
+from mmrec.utils.config import command_line
+from mmrec.utils.config_check import ConfigError, check_config
+from mmrec.utils.errors import MmrecError, hydra_user_errors
+from mmrec.utils.logging import finish_wandb, metrics_table, quiet_lightning
+from mmrec.utils.memory import keep_freed_memory
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict-of-configs group (callbacks, logger)."""
+    if not node:
+        return []
+    return [instantiate(conf) for _, conf in node.items() if isinstance(conf, DictConfig) and "_target_" in conf]
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule (prepared and set up), encoder, module, callbacks, loggers and trainer."""
+    check_config(cfg)  # value ranges, monitored metric, model/fusion pair: before any data work
+    return {**build_module(cfg), **build_loop(cfg)}
+
+
+def build_loop(cfg: DictConfig) -> dict[str, Any]:
+    """Callbacks, loggers and the trainer of a run (what writes into its folder)."""
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:  # asked for no bar: Lightning refuses one in the list
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def build_module(cfg: DictConfig) -> dict[str, Any]:
+    """Datamodule (prepared and set up), encoder and module of a run configuration, seeded:
+    what training needs, and what export rebuilds to load a checkpoint into."""
+    datamodule: RecDataModule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup()
+    # seeded after the data is ready: whether the dataset was generated, found prepared or repaired in
+    # this process (extraction iterates DataLoaders, which draw from the global generator) changes nothing
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    fusion = instantiate(cfg.fusion)
+    encoder_cls = get_class(cfg.model.encoder._target_)
+    kwargs: dict[str, Any] = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
+    # a model whose content is optional (the sequential ones) reads it unless the fusion is `none`
+    reads_content = encoder_cls.uses_content and not (getattr(encoder_cls, "content_optional", False)
+                                                      and issubclass(get_class(cfg.fusion._target_), NoFusion))
+    if reads_content:
+        if len(datamodule.features) == 0:
+            raise ConfigError(f"model {encoder_cls.__name__} needs item features but dataset "
+                              f"{datamodule.root} has none; extract features or pick an ID model.")
+        kwargs.update(features=datamodule.features, fusion=fusion)
+    encoder = instantiate(cfg.model.encoder, **kwargs)
+    # history models train on what they declare: (user, item) pairs or users with their sequences
+    datamodule.train_unit = getattr(encoder, "train_unit", "pairs")
+    datamodule.min_history = getattr(encoder, "min_history", 1)
+    if hasattr(encoder, "fit"):  # closed-form models (iALS) are fitted here, for training and export alike
+        start = time.time()
+        encoder.fit(datamodule.graph)
+        log.info("Fitted %s in %.1fs.", type(encoder).__name__, time.time() - start)
+
+    evaluator = Evaluator(
+        datamodule.splits, datamodule.item_sets, ks=list(cfg.evaluation.ks),
+        block=cfg.evaluation.get("rank_block"), lists=cfg.evaluation.get("lists", "final"),
+        # repeats allowed (mask_history false): nothing is removed from a ranking, a known item may be a hit
+        history=None if cfg.evaluation.get("mask_history", True) else {split: () for split in HISTORY},
+        # intra-list diversity in the dataset's content space, the same for every model
+        content=datamodule.features.content_vectors())
+    module = RecModule(
+        encoder=encoder,
+        sampler=instantiate(cfg.sampler),
+        graph=datamodule.graph,
+        train_matrix=datamodule.train_matrix,
+        evaluator=evaluator,
+        features=datamodule.features if encoder.uses_content else None,
+        optimizer=instantiate(cfg.model.optimizer) if cfg.model.get("optimizer") else None,
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        l2_weight=cfg.model.l2_weight,
+        monitor=cfg.optimized_metric,
+        sequences=datamodule.sequences,
+        identity=run_identity(cfg.model.encoder._target_, datamodule.dataset.manifest, datamodule.root),
+    )
+    return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module}
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit with validation-based selection, then test the selected checkpoint once.
+
+    Returns ``(metrics, objects)``: ``metrics`` holds ``val/...`` and ``test/...`` figures of
+    the selected checkpoint plus bookkeeping; ``objects`` the built components.
+
+    Nothing is written into the run folder before the run is known to be this folder's: a
+    folder holding another run, a folder another process trains into (``.run.lock``) and a
+    checkpoint of another run, model or dataset are refused first (:mod:`mmrec.runs`).
+    """
+    check_config(cfg)  # a bad value fails here, before the run folder is written
+    quiet_lightning()
+    first = _process_rank() == 0
+    if not first:  # a DDP process other than the first: its lines would repeat rank 0's
+        for name in ("mmrec", log.name):  # log.name is "__main__" under `python -m mmrec.train`
+            logging.getLogger(name).setLevel(logging.ERROR)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per run folder (under DDP the first process holds it for all)
+    with RunLock(out_dir) if first else contextlib.nullcontext():
+        if first and (problem := folder_problem(out_dir, cfg.get("ckpt_path"))):
+            raise RunFolderError(problem)
+        return _train(cfg, out_dir)
+
+
+def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
+    set_threads(cfg.get("threads"))
+    ckpt = cfg.get("ckpt_path")
+    # a checkpoint that cannot continue this run is refused before anything is written or built
+    state = load_checkpoint(ckpt) if ckpt and Path(str(ckpt)).is_file() else None
+    if state is not None:
+        _check_resume(cfg, state)
+    objects = build_module(cfg)
+    if cfg.get("test") and objects["datamodule"].test_matrix.nnz == 0:
+        raise ConfigError(f"test=true, but {objects['datamodule'].root} has no test interactions (split 2): set "
+                          f"test=false, or prepare the dataset with a test split")
+    if state is not None and (problem := resume_problem(ckpt, state, objects["module"].identity,
+                                                        objects["module"].state_dict())):
+        raise RunFolderError(problem)  # another dataset, other shapes
+    del state
+    tmp = out_dir / f".config.yaml.tmp-{os.getpid()}"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, out_dir / "config.yaml")
+    objects.update(build_loop(cfg))
+    trainer: L.Trainer = objects["trainer"]
+    module: RecModule = objects["module"]
+    datamodule: RecDataModule = objects["datamodule"]
+
+    start = time.time()
+    trainable = module.encoder.trainable
+    interrupted: str | None = None
+    if trainable:
+        log.info("Training budget: up to %d epochs (trainer.max_epochs), early stopping after %s validations "
+                 "without improvement of %s.", cfg.trainer.max_epochs,
+                 OmegaConf.select(cfg, "callbacks.early_stopping.patience", default="(off)"), cfg.optimized_metric)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except (SystemExit, SIGTERMException) as stop:  # Lightning's answer to Ctrl-C / SIGTERM
+            if not trainer.interrupted:
+                raise
+            interrupted = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C"
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from here on
+            log.warning("Interrupted (%s) at epoch %d: evaluating the best checkpoint so far.", interrupted,
+                        trainer.current_epoch)
+    else:
+        log.info("%s learns nothing: evaluating it without fitting.", type(module.encoder).__name__)
+    fit_seconds = time.time() - start
+    objects["interrupted"] = interrupted
+
+    ckpt = next((cb for cb in trainer.checkpoint_callbacks
+                 if isinstance(cb, ModelCheckpoint) and cb.monitor == cfg.optimized_metric), None)
+    best_path = ckpt.best_model_path if trainable and ckpt is not None and ckpt.best_model_path else None
+    if interrupted and best_path is None:
+        raise TrainingInterrupted(f"interrupted ({interrupted}) before the first validation: nothing to record in "
+                                  f"{out_dir}; run the same command again.")
+    if best_path is None and trainable:
+        log.warning("No best checkpoint (no ModelCheckpoint callback or fast_dev_run): "
+                    "evaluating the last weights.")
+    metrics: dict[str, Any] = {}
+    (val,) = trainer.validate(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+    metrics.update({k: float(v) for k, v in val.items() if k.startswith("val/")})
+    if cfg.get("test"):
+        (test,) = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        metrics.update({k: float(v) for k, v in test.items() if k.startswith("test/")})
+
+    record = {
+        "metrics": metrics,
+        "best_checkpoint": best_path,
+        "best_epoch": _epoch_of(best_path),
+        "epochs_trained": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 3),
+        "seed": cfg.get("seed"),
+        "optimized_metric": cfg.optimized_metric,
+        "dataset": str(datamodule.root),
+        "model": cfg.model.encoder._target_,
+    }
+    if interrupted:
+        record["interrupted"] = interrupted
+    if cfg.get("ckpt_path"):
+        record["resumed_from"] = str(cfg.ckpt_path)
+    stats = [cb for cb in objects["callbacks"] if isinstance(cb, EpochStats)]
+    record["perf"] = stats[0].summary() if stats else {}
+    # Peak resident memory of this process so far (Linux reports KiB).
+    record["perf"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if trainer.is_global_zero:  # under DDP every process has the same record: one writes it, one table
+        # atomically: a resumed run replaces the record of its first leg only with a whole new one
+        tmp = out_dir / f".metrics.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, out_dir / "metrics.json")
+        for logger in objects["loggers"]:
+            if hasattr(logger, "log_run_record"):  # MLflow: final metrics + metrics.json as an artifact
+                logger.log_run_record(out_dir / "metrics.json")
+        table = metrics_table(metrics, list(cfg.evaluation.ks))
+        log.info("Results of the checkpoint selected on %s (run folder %s):\n%s",
+                 cfg.optimized_metric, out_dir, table)
+    if interrupted:
+        command = command_line("mmrec.train", drop=("ckpt_path", "hydra.run.dir", "paths.output_dir")) \
+            or "python -m mmrec.train <the overrides of this run>"
+        log.warning("Training was interrupted: metrics.json holds the best checkpoint so far (epoch %s), marked "
+                    "\"interrupted\". Continue with: %s ckpt_path=%s", record["best_epoch"], command,
+                    shlex.quote(str(out_dir / "checkpoints" / "last.ckpt")))
+    return metrics, objects
+
+
+def _process_rank() -> int:
+    """This process's global rank as Lightning's launchers set it in the environment (0 alone)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "0") not in ("", "0"):
+            return 1
+    return 0
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads``; or (None) ``OMP_NUM_THREADS`` when the launcher set
+    it, else the cores this process may use (its CPU affinity: a container's or a cluster
+    job's share) divided among the jobs a joblib sweep runs at once. Oversubscribed threads
+    spin on a busy machine (see RESULTS.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = _parallel_jobs(cores)
+    if threads is not None:
+        chosen, why = int(threads), "threads"
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():  # set by whoever launched this process
+        chosen, why = max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+    else:
+        chosen, why = max(1, cores // jobs), "the cores available" + (f" / {jobs} parallel jobs" if jobs > 1 else "")
+    torch.set_num_threads(chosen)
+    log.info("CPU threads: %d (from %s; %d cores available to this process).", chosen, why, cores)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if threads is None and chosen > 1 and load > cores:
+        # not adapted automatically: the thread count is part of what makes a run reproducible
+        log.warning("The machine is busy (load average %.1f on %d cores): threads=1 is usually several times "
+                    "faster then (experiments/RESULTS.md, threads_busy).", load, cores)
+    return chosen
+
+
+def _parallel_jobs(cores: int) -> int:
+    """Jobs a Hydra joblib launcher runs at once (1 outside such a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if n_jobs is None:
+        return 1
+    n_jobs = int(n_jobs)
+    return cores if n_jobs < 0 else max(1, min(n_jobs, cores))
+
+
+class TrainingInterrupted(MmrecError, RuntimeError):
+    """Training stopped by the user before anything could be evaluated."""
+
+
+def _check_resume(cfg: DictConfig, state: dict) -> None:
+    """Refuse a resume from the checkpoint ``state`` of another model class, or one that would
+    train nothing (what the configuration alone tells; the dataset and shapes are checked once
+    the module is built: :func:`mmrec.runs.resume_problem`)."""
+    path = cfg.get("ckpt_path")
+    if problem := config_resume_problem(path, cfg.model.encoder._target_, state):
+        raise RunFolderError(problem)
+    done = int(state.get("epoch", -1)) + 1  # epochs finished when the checkpoint was written
+    if done >= int(cfg.trainer.max_epochs):
+        raise ConfigError(f"ckpt_path={path}: that run has finished {done} epochs and trainer.max_epochs="
+                          f"{cfg.trainer.max_epochs}, so resuming would train nothing; raise trainer.max_epochs "
+                          f"(e.g. trainer.max_epochs={done + int(cfg.trainer.max_epochs)}).")
+    stopped = [v for k, v in state.get("callbacks", {}).items() if k.startswith("EarlyStopping")]
+    patience = OmegaConf.select(cfg, "callbacks.early_stopping.patience", default=None)
+    if stopped and patience is not None and int(stopped[0].get("wait_count", 0)) >= int(patience):
+        raise ConfigError(f"ckpt_path={path}: that run stopped early ({stopped[0]['wait_count']} validations "
+                          f"without improvement, patience {patience}); resuming would stop again at once: raise "
+                          f"callbacks.early_stopping.patience to train on.")
+
+
+def _epoch_of(path: str | None) -> int | None:
+    if not path:
+        return None
+    # "epoch_044.ckpt", or "epoch_044-v1.ckpt" when Lightning versions a reused name.
+    match = re.match(r"epoch_(\d+)", Path(path).stem)
+    return int(match.group(1)) if match else None
+
+
+def run(cfg: DictConfig) -> float | None:
+    """``train(cfg)`` that always closes W&B (so one crashed sweep job does not poison the
+    next) and returns ``cfg.optimized_metric`` for sweepers."""
+    try:
+        metrics, objects = train(cfg)
+    finally:
+        finish_wandb()
+    if objects.get("interrupted"):
+        raise SystemExit(130)  # the shell's code for an interrupted command; metrics.json is written
+    value = metrics.get(cfg.optimized_metric)
+    return None if value is None else float(value)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point (thin wrapper around :func:`run`); a user error ends in one line."""
+    with hydra_user_errors():
+        return run(cfg)
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    main()
