@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, RESULTS, ROOT, git_commit, machine, mean_std, run_train, write_section  # noqa: E402
 
-BASE = ["dataset=baby", "model=lightgcn", "dataset.batch_size=2048", "model.encoder.embedding_dim=64",
+BASE = ["dataset=baby", "model=lightgcn", "dataset.pairs_per_batch=2048", "model.encoder.embedding_dim=64",
         "model.optimizer.lr=1e-3", "sampler=uniform"]
 TARGETS = {"test/recall@20": 0.0754, "test/ndcg@20": 0.0328}
 

@@ -48,7 +48,7 @@ def speed_overrides(epochs: int) -> list[str]:
     """Overrides of every speed run: Baby + random features, batch 2048, ``epochs`` epochs, no test."""
     src = make_source(ROOT.parent / "shared" / "data" / "amazon-baby")
     return ["dataset=mmrec", f"dataset.source.path={src}", "dataset.source.name=baby",
-            f"dataset.root={OUT / 'data' / 'baby_random_features'}", "dataset.batch_size=2048",
+            f"dataset.root={OUT / 'data' / 'baby_random_features'}", "dataset.pairs_per_batch=2048",
             f"trainer.max_epochs={epochs}", "test=false", "logger=none", "callbacks.early_stopping.patience=100"]
 
 

@@ -44,7 +44,7 @@ K = 20
 
 
 def _export(run: Path, out: Path, index: dict | None = None) -> Path:
-    from mmrec.serving.export import export_run
+    from mmrec.export import export_run
 
     return export_run(run, out, force=True, index=index)
 

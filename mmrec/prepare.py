@@ -98,7 +98,7 @@ def _single_step_stages(source, root: Path, command: str, force: set[str]) -> li
 
     stages = [Stage("tables", {"source": json.loads(json.dumps(source.describe()))}, tables,
                     check=lambda: None if is_complete(root) else "the dataset is incomplete")]
-    for name in source.feature_names() if hasattr(source, "feature_names") else _declared(root):
+    for name in source.feature_names() or _declared(root):
         stages.append(Stage(f"features_{name}", {}, lambda n=name: feature(n), check=lambda n=name: _feature_check(root, n)))
     return stages
 
@@ -122,15 +122,13 @@ def prepare(cfg: DictConfig) -> list[dict]:
     source = instantiate(cfg.dataset.source)
     opts = cfg.prepare
     command = prepare_command()  # recorded in the manifest: what finishes an interrupted preparation
-    if not hasattr(source, "stages"):  # single-step sources (demo generator, MMRec import)
+    if not source.staged:  # single-step sources (demo generator, MMRec import)
         stages = _single_step_stages(source, root, command, set(opts.force or []))
-        makes_features = bool(getattr(source, "makes_features", False))
     else:
         stages = list(source.stages(root))
-        makes_features = False
-    modality_encoder_cfg = None if makes_features or not opts.features else cfg.get("modality_encoder")
+    modality_encoder_cfg = None if source.makes_features or not opts.features else cfg.get("modality_encoder")
     extra = feature_stages(root, modality_encoder_cfg, bool(opts.overwrite_features), bool(opts.progress))
-    if hasattr(source, "stages"):
+    if source.staged:
         modalities = [s.name.removeprefix("features_") for s in extra]
         stages = [_declaring(stage, root, modalities, command) if stage.name == "tables" else stage
                   for stage in stages]

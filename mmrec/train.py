@@ -17,12 +17,12 @@ far, marked ``"interrupted": true`` in ``metrics.json``.
 from __future__ import annotations
 
 import contextlib
-import shlex
 import json
 import logging
 import os
 import re
 import resource
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -31,18 +31,17 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.evaluation.evaluator import HISTORY, Evaluator
-from mmrec.fusion import NoFusion
 from mmrec.lit.callbacks import EpochStats
 from mmrec.lit.datamodule import RecDataModule
 from mmrec.lit.module import RecModule
+from mmrec.run import assemble
 from mmrec.runs import (RunFolderError, RunLock, config_resume_problem, folder_problem, load_checkpoint,
-                        resume_problem, run_identity)
+                        resume_problem)
 from mmrec.utils.config import command_line
 from mmrec.utils.config_check import ConfigError, check_config
 from mmrec.utils.errors import MmrecError, hydra_user_errors
@@ -76,58 +75,17 @@ def build_loop(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_module(cfg: DictConfig) -> dict[str, Any]:
-    """Datamodule (prepared and set up), encoder and module of a run configuration, seeded:
-    what training needs, and what export rebuilds to load a checkpoint into."""
-    datamodule: RecDataModule = instantiate(cfg.dataset)
-    datamodule.prepare_data()
-    datamodule.setup()
-    # seeded after the data is ready: whether the dataset was generated, found prepared or repaired in
-    # this process (extraction iterates DataLoaders, which draw from the global generator) changes nothing
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    fusion = instantiate(cfg.fusion)
-    encoder_cls = get_class(cfg.model.encoder._target_)
-    kwargs: dict[str, Any] = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
-    # a model whose content is optional (the sequential ones) reads it unless the fusion is `none`
-    reads_content = encoder_cls.uses_content and not (encoder_cls.content_optional
-                                                      and issubclass(get_class(cfg.fusion._target_), NoFusion))
-    if reads_content:
-        if len(datamodule.features) == 0:
-            raise ConfigError(f"model {encoder_cls.__name__} needs item features but dataset "
-                              f"{datamodule.root} has none; extract features or pick an ID model.")
-        kwargs.update(features=datamodule.features, fusion=fusion)
-    encoder = instantiate(cfg.model.encoder, **kwargs)
-    # history models train on what they declare: (user, item) pairs or users with their sequences
-    datamodule.train_unit = encoder.train_unit
-    datamodule.min_history = encoder.min_history
-    if encoder.fitted:  # closed-form models (iALS) are fitted here, for training and export alike
-        start = time.time()
-        encoder.fit(datamodule.graph)
-        log.info("Fitted %s in %.1fs.", type(encoder).__name__, time.time() - start)
-
-    evaluator = Evaluator(
-        datamodule.splits, datamodule.item_sets, ks=list(cfg.evaluation.ks),
-        block=cfg.evaluation.get("rank_block"), lists=cfg.evaluation.get("lists", "final"),
-        # repeats allowed (mask_history false): nothing is removed from a ranking, a known item may be a hit
-        history=None if cfg.evaluation.get("mask_history", True) else {split: () for split in HISTORY},
-        # intra-list diversity in the dataset's content space, the same for every model
-        content=datamodule.features.content_vectors())
-    module = RecModule(
-        encoder=encoder,
-        sampler=instantiate(cfg.sampler),
-        graph=datamodule.graph,
-        train_matrix=datamodule.train_matrix,
-        evaluator=evaluator,
-        features=datamodule.features if encoder.uses_content else None,
-        optimizer=instantiate(cfg.model.optimizer) if cfg.model.get("optimizer") else None,
-        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
-        l2_weight=cfg.model.l2_weight,
-        monitor=cfg.optimized_metric,
-        sequences=datamodule.sequences,
-        identity=run_identity(cfg.model.encoder._target_, datamodule.dataset.manifest, datamodule.root),
-    )
-    return {"cfg": cfg, "datamodule": datamodule, "encoder": encoder, "module": module}
+    """The assembled run (:func:`mmrec.run.assemble`), its LightningModule and DataModule: what the
+    training loop drives. ``{"run", "module", "datamodule", "encoder", "cfg"}``."""
+    run = assemble(cfg)
+    model = run.model
+    # a history model's batch is users (model.users_per_batch); every other model's, training pairs
+    per_batch = cfg.model.get("users_per_batch") if model.train_unit == "users" else run.spec.pairs_per_batch
+    datamodule = RecDataModule(run.data, train_unit=model.train_unit, per_batch=int(per_batch),
+                               eval_users_per_batch=run.spec.eval_users_per_batch, min_history=model.min_history,
+                               num_workers=run.spec.num_workers)
+    module = RecModule.from_run(run, monitor=cfg.optimized_metric)
+    return {"cfg": cfg, "run": run, "datamodule": datamodule, "encoder": model, "module": module}
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -165,8 +123,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
     if state is not None:
         _check_resume(cfg, state)
     objects = build_module(cfg)
-    if cfg.get("test") and objects["datamodule"].test_matrix.nnz == 0:
-        raise ConfigError(f"test=true, but {objects['datamodule'].root} has no test interactions (split 2): set "
+    if cfg.get("test") and objects["run"].data.splits["test"].nnz == 0:
+        raise ConfigError(f"test=true, but {objects['run'].data.root} has no test interactions (split 2): set "
                           f"test=false, or prepare the dataset with a test split")
     if state is not None and (problem := resume_problem(ckpt, state, objects["module"].identity,
                                                         objects["module"].state_dict())):
@@ -225,7 +183,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
         "fit_seconds": round(fit_seconds, 3),
         "seed": cfg.get("seed"),
         "optimized_metric": cfg.optimized_metric,
-        "dataset": str(datamodule.root),
+        "dataset": str(objects["run"].data.root),
         "model": cfg.model.encoder._target_,
     }
     if interrupted:

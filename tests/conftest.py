@@ -21,7 +21,7 @@ SHARED_DATA = SHARED / "data"
 # Small demo so that a training test takes seconds.
 SMALL_DEMO = ["dataset.source.num_users=200", "dataset.source.num_items=150",
               "dataset.source.num_styles=6", "dataset.source.interactions_per_user=12",
-              "dataset.batch_size=256"]
+              "dataset.pairs_per_batch=256"]
 
 
 def shared_path(*parts: str) -> Path:
@@ -79,7 +79,7 @@ def train_demo(root: Path, data_dir: Path, model: str, extra: list[str] | None =
 def serving_runs(tmp_path_factory, data_dir):
     """Demo runs of LightGCN (ID-only, with a saved FAISS index) and FREEDOM (content) and their
     bundles: ``{model: (run folder, bundle folder, objects)}``, made once per session."""
-    from mmrec.serving.export import export_run
+    from mmrec.export import export_run
 
     root = tmp_path_factory.mktemp("serving")
     out = {}

@@ -46,11 +46,11 @@ def test_prepared_folder_from_other_settings_is_refused(tmp_path):
     import pytest
 
     from mmrec.data.prepared import DatasetError
-    from mmrec.lit.datamodule import RecDataModule
+    from mmrec.data.dataset import DatasetSpec
 
-    RecDataModule(DemoSource(num_users=60, num_items=40, num_styles=4), str(tmp_path)).prepare_data()
-    again = RecDataModule(DemoSource(num_users=60, num_items=40, num_styles=4), str(tmp_path))
-    again.prepare_data()  # same settings: reused
-    other = RecDataModule(DemoSource(num_users=70, num_items=40, num_styles=4), str(tmp_path))
+    DatasetSpec(str(tmp_path), DemoSource(num_users=60, num_items=40, num_styles=4)).ready()
+    again = DatasetSpec(str(tmp_path), DemoSource(num_users=60, num_items=40, num_styles=4))
+    again.ready()  # same settings: reused
+    other = DatasetSpec(str(tmp_path), DemoSource(num_users=70, num_items=40, num_styles=4))
     with pytest.raises(DatasetError, match="num_users: prepared 60, configured 70"):
-        other.prepare_data()
+        other.ready()

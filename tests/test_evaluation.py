@@ -6,7 +6,7 @@ import torch
 from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.items import ItemSets
 from mmrec.evaluation.evaluator import Evaluator
-from mmrec.evaluation.ranking import top_items
+from mmrec.core.ranking import top_items
 
 U, I = 60, 100
 
@@ -126,7 +126,7 @@ def test_top_items_blocks_unknown_and_exclusions(splits):
 
 
 def test_top_items_ranks_nan_scores_last_and_warns():
-    from mmrec.evaluation.ranking import top_items
+    from mmrec.core.ranking import top_items
 
     scores = torch.randn(4, 30, generator=torch.Generator().manual_seed(2))
     scores[2, 3] = scores[2, 7] = torch.nan
@@ -158,7 +158,8 @@ def _stable_hits(scores: torch.Tensor, users: torch.Tensor, exclude, truth, k: i
 
 
 def test_ranked_hits_equal_top_k_hits(splits):
-    from mmrec.evaluation.ranking import hits_of, ranked_hits, top_items
+    from mmrec.core.ranking import top_items
+    from mmrec.evaluation.ranking import hits_of, ranked_hits
 
     train, valid, test = splits
     users = test.users_with_items()

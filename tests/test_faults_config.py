@@ -53,8 +53,8 @@ BAD = {
     "negative cut-off": (["evaluation.ks=[10,-5]"], "evaluation.ks=[10, -5]: must be a non-empty list"),
     "no cut-offs": (["evaluation.ks=[]"], "evaluation.ks=[]: must be a non-empty list"),
     "repeated cut-off": (["evaluation.ks=[20,20]"], "evaluation.ks=[20, 20]: must be a non-empty list of distinct"),
-    "zero eval batch": (["dataset.eval_batch_size=0"], "dataset.eval_batch_size=0: must be an int >= 1"),
-    "negative batch": (["dataset.batch_size=-256"], "dataset.batch_size=-256: must be an int >= 1"),
+    "zero eval batch": (["dataset.eval_users_per_batch=0"], "dataset.eval_users_per_batch=0: must be an int >= 1"),
+    "negative batch": (["dataset.pairs_per_batch=-256"], "dataset.pairs_per_batch=-256: must be an int >= 1"),
     "negative workers": (["dataset.num_workers=-1"], "dataset.num_workers=-1: must be an int >= 0"),
     "zero learning rate": (["model.optimizer.lr=0"], "model.optimizer.lr=0: must be a finite float > 0"),
     "negative learning rate": (["model.optimizer.lr=-1.0"], "model.optimizer.lr=-1.0: must be a finite float > 0"),
@@ -120,18 +120,18 @@ def test_missing_resume_checkpoint_fails_before_any_data(tmp_path):
 def test_every_bad_value_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         train(_run_cfg(tmp_path, ["model.l2_weight=-1", "trainer.max_epochs=0", "evaluation.ks=[0]",
-                                  "dataset.eval_batch_size=0"]))
+                                  "dataset.eval_users_per_batch=0"]))
     text = str(err.value)
     assert text.startswith("4 invalid configuration values")
-    for key in ("model.l2_weight=-1", "trainer.max_epochs=0", "evaluation.ks=[0]", "dataset.eval_batch_size=0"):
+    for key in ("model.l2_weight=-1", "trainer.max_epochs=0", "evaluation.ks=[0]", "dataset.eval_users_per_batch=0"):
         assert f"  - {key}:" in text, key
     _assert_nothing_written(tmp_path)
 
 
 def test_build_checks_too(tmp_path):
     """``build()`` (what tests and notebooks call) refuses before preparing the dataset."""
-    with pytest.raises(ConfigError, match=re.escape("dataset.eval_batch_size=0: must be an int >= 1")):
-        build(_run_cfg(tmp_path, ["dataset.eval_batch_size=0"]))
+    with pytest.raises(ConfigError, match=re.escape("dataset.eval_users_per_batch=0: must be an int >= 1")):
+        build(_run_cfg(tmp_path, ["dataset.eval_users_per_batch=0"]))
     _assert_nothing_written(tmp_path)
 
 

@@ -28,7 +28,7 @@ from mmrec.data.stages import Stage, run_stages
 from mmrec.features.extract import encode_images, encode_texts
 from mmrec.features.simple import HashedBowEncoder, PixelProjectionEncoder
 from mmrec.features.store import FeatureStore, FeatureStoreError
-from mmrec.lit.datamodule import RecDataModule
+from mmrec.data.dataset import DatasetSpec
 
 pytestmark = pytest.mark.faults
 
@@ -55,7 +55,9 @@ def demo_root(tmp_path) -> Path:
 
 
 class _Staged:
-    """A source with stages (like ml100k / Amazon): the datamodule never prepares it itself."""
+    """A source with stages (like ml100k / Amazon): a training never prepares it itself."""
+
+    staged = True
 
     def stages(self, root):  # pragma: no cover - only its presence matters
         return []
@@ -88,12 +90,10 @@ def test_demo_killed_before_its_feature_stores_is_not_complete_and_training_repa
     assert manifest["expected_features"] == ["image", "text"] and manifest["complete"] is False
     assert not is_complete(root)
     tables = {f: _digest(root / f) for f in ("interactions.parquet", "items.parquet", "users.parquet")}
-    dm = RecDataModule(_tiny_demo(), str(root), features=None)
-    with pytest.raises(DatasetError, match=r"feature extraction of \['text'\] did not finish.*python -m mmrec.prepare"):
-        dm.setup()  # a reader that skips preparation refuses the half-written dataset
-    dm.prepare_data()  # the training path re-prepares it (the generator is deterministic; stores resume)
-    dm.setup()
-    assert is_complete(root) and set(dm.features.names) == {"image", "text"}
+    with pytest.raises(DatasetError, match=r"feature stores \['text'\] never finished.*python -m mmrec.prepare"):
+        DatasetSpec(str(root)).load()  # a reader without the source refuses the half-written dataset
+    _, features = DatasetSpec(str(root), _tiny_demo()).load()  # training re-prepares it (deterministic; stores resume)
+    assert is_complete(root) and set(features.names) == {"image", "text"}
     assert tables == {f: _digest(root / f) for f in tables}
 
 
@@ -104,17 +104,16 @@ def test_mmrec_import_with_a_failing_feature_file_never_trains_without_that_moda
     bad[2, 1] = np.nan
     np.save(src / "text_feat.npy", bad)
     root = tmp_path / "ds"
-    dm = RecDataModule(MMRecSource(str(src), "toy"), str(root))
+    spec = DatasetSpec(str(root), MMRecSource(str(src), "toy"))
     for _ in range(2):  # the same command again must fail again, not train on what is there
         with pytest.raises(DatasetError, match=r"text_feat.npy: NaN or inf in row 2"):
-            dm.prepare_data()
+            spec.ready()
         assert not is_complete(root) and read_manifest(root)["expected_features"] == ["image", "text"]
     image_store = _snapshot(root / "features" / "image.lmdb")
     bad[2, 1] = 0.5
     np.save(src / "text_feat.npy", bad)
-    dm.prepare_data()
-    dm.setup()
-    assert is_complete(root) and set(dm.features.names) == {"image", "text"}
+    _, features = spec.load()
+    assert is_complete(root) and set(features.names) == {"image", "text"}
     assert _snapshot(root / "features" / "image.lmdb") == image_store  # resumed, not rewritten
 
 
@@ -157,7 +156,7 @@ def test_incomplete_staged_dataset_names_the_command_that_finishes_it(tmp_path):
     declare_expected(tmp_path, ["text"], "python -m mmrec.prepare dataset=tiny modality_encoder=offline")
     with pytest.raises(DatasetError, match=r"incomplete.*\['text'\] never finished.*"
                                            r"`python -m mmrec.prepare dataset=tiny modality_encoder=offline`"):
-        RecDataModule(_Staged(), str(tmp_path)).prepare_data()
+        DatasetSpec(str(tmp_path), _Staged()).ready()
 
 
 # -- class 2: feature stores are verified when opened -----------------------------------------
@@ -250,9 +249,8 @@ def test_a_store_where_every_item_is_missing_is_refused_by_training(tmp_path):
     _tables(tmp_path, texts=[""] * 6)
     manifest = extract_texts(tmp_path, "text", HashedBowEncoder(dim=8))
     assert manifest["features"]["text"]["missing"] == 6
-    dm = RecDataModule(None, str(tmp_path))
     with pytest.raises(DatasetError, match=r"no item has a 'text' vector \(all 6 missing\)"):
-        dm.setup()
+        DatasetSpec(str(tmp_path)).load()
 
 
 # -- class 3: importer input that is wrong but parseable ---------------------------------------

@@ -30,7 +30,7 @@ from mmrec.data.prepared import damaged_features, read_manifest, repair_command
 from mmrec.prepare import prepare
 from mmrec.runs import RunFolderError, RunLock
 from mmrec.serving.bundle import BundleError, load_bundle
-from mmrec.serving.export import export_run
+from mmrec.export import export_run
 from mmrec.serving.recommender import Recommender
 from mmrec.train import train
 from conftest import REPO_ROOT
@@ -77,7 +77,7 @@ def test_same_seed_same_metrics_whatever_the_dataset_history(tmp_path):
     re-registers last): one seed, identical validation metrics and the same modality order."""
     def once(tag: str):
         metrics, objects = train(_cfg(tmp_path / "data", tmp_path / tag, "model=vbpr", "seed=3", "test=false"))
-        return metrics, objects["datamodule"].features.names
+        return metrics, objects["run"].data.features.names
 
     generated, names_a = once("generated")
     prepared, names_b = once("prepared")

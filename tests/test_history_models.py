@@ -253,7 +253,7 @@ def test_a_batch_without_next_item_pairs_gives_a_zero_loss_not_nan_and_such_user
     objects = build_module(make_cfg(["model=sasrec", "logger=none"]))
     dm = objects["datamodule"]
     drawn = torch.cat(list(dm.train_dataloader()))
-    counts = dm.train_matrix.counts()
+    counts = dm.data.train_matrix.counts()
     assert dm.min_history == 2 and bool((counts[drawn] >= 2).all())
     assert sorted(drawn.tolist()) == torch.nonzero(counts >= 2).squeeze(1).tolist()
 
@@ -261,7 +261,7 @@ def test_a_batch_without_next_item_pairs_gives_a_zero_loss_not_nan_and_such_user
 # -- end to end: train, evaluate through the one Evaluator, export, serve ----------------
 @pytest.fixture(scope="module")
 def history_runs(tmp_path_factory, data_dir):
-    from mmrec.serving.export import export_run
+    from mmrec.export import export_run
 
     root = tmp_path_factory.mktemp("history")
     runs = {}

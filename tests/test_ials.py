@@ -53,7 +53,7 @@ def test_ials_trains_evaluates_and_beats_popularity_on_the_demo(tmp_path, data_d
 
 
 def test_ials_exports_the_factors_it_was_evaluated_with(tmp_path, data_dir):
-    from mmrec.serving.export import export_run
+    from mmrec.export import export_run
     from mmrec.serving.recommender import Recommender
 
     run, objects = train_demo(tmp_path, data_dir, "ials")

@@ -93,9 +93,15 @@ def test_the_wheel_holds_the_configs_and_trains_from_any_folder(tmp_path):
     import sysconfig
     import zipfile
 
+    import shutil
+
+    source = tmp_path / "source"  # a copy: the build writes build/ and *.egg-info next to the sources
+    shutil.copytree(ROOT / "mmrec", source / "mmrec", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("mmrec-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {p.relative_to(ROOT / "mmrec").as_posix() for p in (ROOT / "mmrec" / "conf").rglob("*.yaml")}

@@ -52,7 +52,7 @@ def test_train_on_ml100k_fast_dev_run(ml100k, make_cfg):
     run = make_cfg(["dataset=ml100k", f"paths.data_dir={cfg.paths.data_dir}", "model=vbpr",
                     "+trainer.fast_dev_run=true", "logger=none"], small=False)
     metrics, objects = train(run)
-    assert objects["datamodule"].features.dims == {"image": 64, "text": 64}
+    assert objects["run"].data.features.dims == {"image": 64, "text": 64}
 
 
 def test_ml100k_cold_holds_out_a_tenth_of_the_movies(tmp_path):

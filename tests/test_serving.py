@@ -31,7 +31,7 @@ def runs(serving_runs):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_exports_and_bundle_scores_equal_the_models(tmp_path, data_dir, model):
-    from mmrec.serving.export import export_run
+    from mmrec.export import export_run
 
     run, objects = _train(tmp_path, data_dir, model)
     bundle = load_bundle(export_run(run))
@@ -194,7 +194,7 @@ def test_damaged_bundles_fail_on_load_naming_the_file(runs, tmp_path):
 
 
 def test_export_refuses_to_overwrite_and_needs_a_finished_run(runs, tmp_path):
-    from mmrec.serving.export import export_run
+    from mmrec.export import export_run
 
     run, bundle_dir, _ = runs["freedom"]
     before = (Path(bundle_dir) / "manifest.json").read_bytes()

@@ -39,9 +39,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmrec.data.itemtable import ImageOptions, atomic_parquet, run_image_stage, write_tables
+from mmrec.data.itemtable import (
+    ImageOptions,
+    atomic_parquet,
+    run_image_stage,
+    write_tables,
+)
 from mmrec.data.jsonl import JsonlReader
 from mmrec.data.prepared import DatasetError
+from mmrec.data.source import DatasetSource
 from mmrec.data.splits import SplitRule, kcore
 from mmrec.data.stages import Stage, run_stages
 from mmrec.data.text import assemble_text, clean_text
@@ -95,7 +101,7 @@ def sorted_codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nda
     return distinct.to_numpy(zero_copy_only=False), codes.to_numpy().astype(np.int64)
 
 
-class Amazon2023Source:
+class Amazon2023Source(DatasetSource):
     """Prepare one Amazon Reviews 2023 category; see the module docstring.
 
     Args:
@@ -114,6 +120,8 @@ class Amazon2023Source:
         progress: progress bars.
         block_mb: JSON parse block size.
     """
+
+    staged = True  # prepared by `mmrec.prepare` in resumable stages
 
     def __init__(self, category: str, raw_dir: str, reviews: str | None = None, meta: str | None = None,
                  base_url: str = BASE_URL, reviews_sha256: str | None = None,

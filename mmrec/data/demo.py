@@ -46,6 +46,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from mmrec.data.prepared import write_prepared
+from mmrec.data.source import DatasetSource
 from mmrec.data.splits import _rank_within_user, split_leave_last_out
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def drift_steps(users: np.ndarray, styles: np.ndarray, phases: np.ndarray, rng: 
     return _rank_within_user(users, key)[0] + 1
 
 
-class DemoSource:
+class DemoSource(DatasetSource):
     """Generate the demo dataset into a prepared-dataset folder (tables, images, features).
 
     Args:

@@ -32,8 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec.data.prepared import (DatasetError, read_manifest, register_feature, feature_problem, unregister_feature,
-                                 write_prepared)
+from mmrec.data.prepared import (
+    DatasetError,
+    feature_problem,
+    read_manifest,
+    register_feature,
+    unregister_feature,
+    write_prepared,
+)
+from mmrec.data.source import DatasetSource
 from mmrec.features.store import FeatureStore
 from mmrec.utils.files import sha256_file
 
@@ -167,7 +174,7 @@ def _read_mapping(path: Path, id_col: str) -> pd.DataFrame | None:
     return pd.DataFrame({"idx": pd.to_numeric(df[id_col]).astype("int64"), "raw_id": df[raw_col]})
 
 
-class MMRecSource:
+class MMRecSource(DatasetSource):
     """Prepare a dataset from an MMRec-format folder.
 
     Args:

@@ -23,9 +23,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mmrec.data.itemtable import ImageOptions, atomic_parquet, run_image_stage, write_tables
+from mmrec.data.itemtable import (
+    ImageOptions,
+    atomic_parquet,
+    run_image_stage,
+    write_tables,
+)
 from mmrec.data.mmrec_format import _read_mapping, read_inter
 from mmrec.data.prepared import DatasetError
+from mmrec.data.source import DatasetSource
 from mmrec.data.splits import TRAIN, hold_out_cold_items, split_leave_last_out
 from mmrec.data.stages import Stage, run_stages
 from mmrec.data.text import clean_text
@@ -48,7 +54,7 @@ def movie_text(row: dict, fields: Sequence[str]) -> str:
     return ". ".join(parts)
 
 
-class MovieLens100kSource:
+class MovieLens100kSource(DatasetSource):
     """Prepare ``dataset=ml100k``.
 
     Args:
@@ -62,6 +68,8 @@ class MovieLens100kSource:
             latest -> test, second latest -> validation; not with ``cold_items``).
         split_seed: seed of the random order breaking ties in time (``leave_last_out`` only).
     """
+
+    staged = True  # prepared by `mmrec.prepare` in resumable stages
 
     def __init__(self, path: str, text_fields: Sequence[str] = TEXT_FIELDS, images: ImageOptions | None = None,
                  progress: bool = True, cold_items: float = 0.0, cold_seed: int = 0, split: str = "given",

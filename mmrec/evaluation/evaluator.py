@@ -18,7 +18,8 @@ from torch import nn
 from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.items import ItemSets
 from mmrec.evaluation import beyond
-from mmrec.evaluation.ranking import MetricAccumulator, hits_of, ranked_hits, top_items
+from mmrec.core.ranking import top_items
+from mmrec.evaluation.ranking import MetricAccumulator, hits_of, ranked_hits
 
 #: ``score_fn(users [b], out) -> scores [b, I]``; ``out`` is a ``[b, I]`` buffer to write into, or
 #: ``None`` (return a fresh tensor). The scores are masked in place.

@@ -4,7 +4,8 @@ find where the relevant items rank.
 Metrics need only the hit matrix ``hits[u, r]`` (the item at rank ``r`` of user ``u`` is
 relevant), so evaluation counts each relevant item's rank (:func:`ranked_hits`) instead of
 selecting a top-k list per user; :func:`top_items` builds the lists where they are shown
-(recommendation tables, beyond-accuracy metrics, serving). Both give the same hits (tested).
+(recommendation tables, beyond-accuracy metrics, serving; it lives in :mod:`mmrec.core.ranking`,
+which serving uses without evaluation). Both give the same hits (tested).
 Nothing here knows about models or splits: callers pass a ``score_fn(users) -> [B, num_items]``
 and the interaction sets to exclude. :class:`mmrec.evaluation.evaluator.Evaluator` decides
 what is excluded for which split and is the entry point everything else calls.
@@ -13,82 +14,13 @@ what is excluded for which split and is the entry point everything else calls.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from mmrec.core.interactions import InteractionMatrix
+from mmrec.core.ranking import mask_scores_, nan_as_lowest, user_blocks
 from mmrec.evaluation.metrics import compute_all
-
-
-def _user_blocks(users: torch.Tensor, block: int, pair_sets: Sequence[InteractionMatrix]
-                 ) -> Iterator[tuple[int, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """Yield ``(start, users[start:start + block], pairs)`` with ``pairs[s] = (row, item)``, the
-    pairs of ``pair_sets[s]`` for that block (``row`` indexes the block). Each set is gathered
-    once for all ``users`` and cut per block, not gathered per block."""
-    gathered = [matrix.gather(users) for matrix in pair_sets]  # (row [P], item [P]), row ascending
-    starts = list(range(0, max(len(users), 1), block))
-    edges = torch.tensor(starts + [len(users)], device=users.device)
-    cuts = [torch.searchsorted(row, edges).tolist() for row, _ in gathered]
-    for n, start in enumerate(starts):
-        yield start, users[start:start + block], [(row[cut[n]:cut[n + 1]] - start, col[cut[n]:cut[n + 1]])
-                                                  for (row, col), cut in zip(gathered, cuts)]
-
-
-def _mask_(scores: torch.Tensor, unknown_ids: torch.Tensor | None,
-           exclude: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Set the ``unknown`` items and the ``exclude`` pairs of ``scores`` ``[b, I]`` to ``-inf``,
-    in place (no ``[b, I]`` copy)."""
-    if unknown_ids is not None and unknown_ids.numel():
-        scores.index_fill_(1, unknown_ids, float("-inf"))
-    for row, col in exclude:
-        scores[row, col] = -torch.inf
-    return scores
-
-
-def _nan_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with NaN replaced by ``-inf`` (a copy only when there is a NaN)."""
-    nan = x.isnan()
-    return x.masked_fill(nan, -torch.inf) if bool(nan.any()) else x
-
-
-def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Tensor,
-              exclude: Sequence[InteractionMatrix], k: int, unknown: torch.Tensor | None = None,
-              block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full ranking of every item for ``users`` ``[B]``: ``(top item ids [B, k], their scores
-    [B, k])``.
-
-    Args:
-        score_fn: ``users [b] -> scores [b, I]`` (a fresh tensor: it is masked in place).
-        exclude: interaction sets whose items are removed from the ranking.
-        unknown: ``[I]`` bool, items ranked last whatever their score (``-inf``).
-        block: users scored at once (``None``: all ``B``). On a CPU a block whose ``[block, I]``
-            score matrix fits in the cache (~128 users for ~7k items) makes the product, the
-            masking and the top-k read cache instead of memory; the result does not depend on it.
-
-    NaN scores (a diverged model) are ranked last, as ``-inf``, with a ``RuntimeWarning``:
-    ranking them first, as ``torch.topk`` does, would recommend arbitrary items.
-    """
-    block = block or max(len(users), 1)
-    unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
-    ids, values = [], []
-    for _, us, excluded in _user_blocks(users, block, exclude):
-        scores = _mask_(score_fn(us), unknown_ids, excluded)  # [b, I]
-        top_values, top_ids = torch.topk(scores, k=k, dim=1)  # [b, k]
-        # torch.topk ranks NaN first, so a row with a NaN shows one in its top k: redo only
-        # those rows (rare) with NaN as -inf
-        nan_top = top_values.isnan()  # [b, k]
-        if bool(nan_top.any()):
-            nan_rows = nan_top.any(dim=1).nonzero().squeeze(1)
-            sub = scores[nan_rows]  # [n, I]
-            nan_mask = sub.isnan()
-            top_values[nan_rows], top_ids[nan_rows] = torch.topk(sub.masked_fill_(nan_mask, -torch.inf), k=k, dim=1)
-            warnings.warn(f"{int(nan_mask.sum())} NaN scores among {len(us)} ranked users were ranked last: "
-                          f"non-finite user or item vectors (a diverged model, or damaged vectors)", RuntimeWarning,
-                          stacklevel=2)
-        ids.append(top_ids)
-        values.append(top_values)
-    return torch.cat(ids), torch.cat(values)
 
 
 def _count_dtype(num_items: int) -> torch.dtype:
@@ -132,15 +64,15 @@ def relevant_ranks(scores: torch.Tensor, row: torch.Tensor, col: torch.Tensor, k
         rank[sel] = torch.gt(sub, target[sel].unsqueeze(1), out=higher).sum(1)  # [n, I] 0/1 -> [n]
     nan_target = target.isnan().nonzero().squeeze(1)  # ranked as -inf: count the finite scores
     if nan_target.numel():
-        sub = _nan_last(scores.index_select(0, row[nan_target]))  # [n, I]
+        sub = nan_as_lowest(scores.index_select(0, row[nan_target]))  # [n, I]
         rank[nan_target] = (sub > -torch.inf).sum(1).to(dtype)
     rank = rank.long()
     near = (rank < k).nonzero().squeeze(1)  # pairs that may be hits: add their ties
     if near.numel():
-        t = _nan_last(target[near])  # [n]
+        t = nan_as_lowest(target[near])  # [n]
         sub = scores.index_select(0, row[near])  # [n, I]
         if bool(torch.isneginf(t).any()):
-            sub = _nan_last(sub)  # a NaN score ties with a -inf target
+            sub = nan_as_lowest(sub)  # a NaN score ties with a -inf target
         equal = sub == t.unsqueeze(1)  # [n, I], the item itself included
         tied = (equal.sum(1) > 1).nonzero().squeeze(1)  # rows where another item has that score
         if tied.numel():
@@ -172,8 +104,8 @@ def ranked_hits(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.T
     num_pos: dict[str, torch.Tensor] = {}
     nan_count, rows, cols, ranks = 0, [], [], []
     workspace = None  # [block, I] comparison buffer shared by the blocks
-    for start, us, pairs in _user_blocks(users, block, [*exclude, truth]):
-        scores = _mask_(score_fn(us), unknown_ids, pairs[:-1])  # [b, I]
+    for start, us, pairs in user_blocks(users, block, [*exclude, truth]):
+        scores = mask_scores_(score_fn(us), unknown_ids, pairs[:-1])  # [b, I]
         if workspace is None:
             workspace = torch.empty(len(us), scores.shape[1], dtype=_count_dtype(scores.shape[1]),
                                     device=scores.device)

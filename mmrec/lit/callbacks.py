@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mmrec.lit.module import RecModule
+
 log = logging.getLogger(__name__)
 
 
@@ -60,7 +62,7 @@ class RunProgress(TQDMProgressBar):
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}"]
         # the module logs its epoch loss after the callbacks' hook: ask it directly
-        losses = pl_module.epoch_losses() if hasattr(pl_module, "epoch_losses") else {}
+        losses = pl_module.epoch_losses() if isinstance(pl_module, RecModule) else {}
         if "train/loss" in losses:
             parts.append(f"train/loss {losses['train/loss']:.4f}")
         best = next((cb for cb in trainer.checkpoint_callbacks
@@ -227,7 +229,7 @@ class WandbRecommendations(L.Callback):
 
         rows = recommendation_rows(pl_module, trainer.datamodule, self.num_users, self.k)
         columns = ["user", "rank", "item", "title", "image", "hit", "score"]
-        root = trainer.datamodule.root
+        root = trainer.datamodule.data.root
         data = [[r["user"], r["rank"], r["item"], r["title"], _shown_path(r["image"], root), r["hit"], r["score"]]
                 for r in rows]
         # Images go in as media (files/media/images/ of the run folder), not as table cells: a
@@ -274,7 +276,7 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
     users = candidates[pick].to(module.device)  # [n]
     top, top_scores = module.recommend(users, k, split="valid")  # [n, k], [n, k]: training items masked
     hits, _ = hits_of(top, users, valid, module.evaluator.num_items)[""]  # [n, k]
-    dataset = getattr(datamodule, "dataset", None)
+    dataset = datamodule.dataset if datamodule is not None else None
     items = dataset.items.set_index("item") if dataset is not None else None
     rows = []
     for u in range(len(users)):

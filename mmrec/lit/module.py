@@ -13,11 +13,12 @@ import torch
 
 from mmrec.core.interactions import InteractionMatrix
 from mmrec.core.sequences import UserSequences
-from mmrec.evaluation.evaluator import HISTORY, EvaluationPass, Evaluator, ScoreFn, embedding_scorer
+from mmrec.evaluation.evaluator import EvaluationPass, Evaluator, ScoreFn
 from mmrec.features.featureset import FeatureSet
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss, l2_batch
 from mmrec.models.base import GraphRecommender, TrainingContext, TrainingStep, history_sampler_problem
+from mmrec.run import scorer, unrankable_items, vectors
 from mmrec.runs import IDENTITY_KEY
 from mmrec.sampling import NegativeSampler
 
@@ -112,43 +113,31 @@ class RecModule(L.LightningModule):
         self._epoch_sums = self._epoch_sums + terms.detach() * count
         self._epoch_count += count
 
-    # -- representations ------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run, monitor: str = "val/recall@20") -> "RecModule":
+        """The module of an assembled run (:func:`mmrec.run.assemble`): its model, data, sampler and
+        evaluator, with the optimiser, scheduler and L2 weight of ``run.cfg.model``."""
+        model_cfg = run.cfg.model
+        from hydra.utils import instantiate
+
+        return cls(encoder=run.model, sampler=run.sampler, graph=run.data.graph, train_matrix=run.data.train_matrix,
+                   evaluator=run.evaluator, features=run.data.features if run.model.uses_content else None,
+                   optimizer=instantiate(model_cfg.optimizer) if model_cfg.get("optimizer") else None,
+                   scheduler=instantiate(model_cfg.scheduler) if model_cfg.get("scheduler") else None,
+                   l2_weight=model_cfg.l2_weight, monitor=monitor, sequences=run.data.sequences,
+                   identity=run.identity)
+
+    # -- representations (mmrec.run's functions, on this module's device) ---------------
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_item_vectors()
 
-    def user_item_vectors(self, split: str = "known", batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(user_emb [U, d], item_emb [I, d])`` in the current mode. A graph model's tables
-        come from ``forward``; a history model's user rows from each user's history before
-        ``split`` (``known``: training and validation, what serving and the test ranking use),
-        in batches of ``batch_size`` users."""
-        if not self.encoder.user_from_history:
-            return self.encoder(self.graph, self.features)
-        item_emb = self.encoder.item_representations(self.graph, self.features)
-        users = torch.arange(self.train_matrix.num_users, device=item_emb.device)
-        rows = [self._history_users(users[b:b + batch_size], item_emb, split)
-                for b in range(0, len(users), batch_size)]
-        return torch.cat(rows), item_emb
-
-    def _history_users(self, users: torch.Tensor, item_emb: torch.Tensor, split: str) -> torch.Tensor:
-        """``[B, d]`` representations of ``users`` from their histories before ``split``: the
-        model's input is always everything known before the ranked split (:data:`HISTORY`),
-        whatever the evaluator masks."""
-        histories = self.sequences.batch(users, HISTORY[split], self.encoder.max_len)  # [B, W]
-        return self.encoder.user_representations(histories, item_emb, users)
+    def user_item_vectors(self, split: str = "known") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(user_emb [U, d], item_emb [I, d])`` in the current mode (:func:`mmrec.run.vectors`)."""
+        return vectors(self.encoder, self.graph, self.features, self.sequences, split)
 
     def scorer(self, split: str) -> tuple[ScoreFn, torch.Tensor]:
-        """``(score_fn, item_emb)`` of one evaluation of ``split`` in the current mode: the
-        representations are computed here, once; a history model's user rows are computed per
-        scored batch."""
-        if not self.encoder.user_from_history:
-            user_emb, item_emb = self.encoder(self.graph, self.features)
-            return embedding_scorer(user_emb, item_emb, self.encoder.score_all), item_emb
-        item_emb = self.encoder.item_representations(self.graph, self.features)
-
-        def score(users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-            return self.encoder.score_all(self._history_users(users, item_emb, split), item_emb, out=out)
-
-        return score, item_emb
+        """``(score_fn, item_emb)`` of one evaluation of ``split`` (:func:`mmrec.run.scorer`)."""
+        return scorer(self.encoder, self.graph, self.features, self.sequences, split)
 
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -256,9 +245,8 @@ class RecModule(L.LightningModule):
 
     # -- evaluation -----------------------------------------------------------------
     def unrankable_items(self) -> torch.Tensor | None:
-        """``[I]`` bool mask of the items the encoder cannot score, or ``None``
-        (:meth:`~mmrec.core.items.ItemSets.unrankable`: cold items, for an ID-only model)."""
-        return self.graph.item_sets.unrankable(self.encoder.uses_content)
+        """``[I]`` bool mask of the items the encoder cannot score (:func:`mmrec.run.unrankable_items`)."""
+        return unrankable_items(self.encoder, self.graph)
 
     def recommend(self, users: torch.Tensor, k: int, split: str = "known") -> tuple[torch.Tensor, torch.Tensor]:
         """``(item ids [B, k], scores [B, k])`` of ``users`` ``[B]``: the evaluation's ranking

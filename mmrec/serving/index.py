@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mmrec.core.interactions import RowItems
-from mmrec.evaluation.ranking import top_items
+from mmrec.core.ranking import top_items
 
 log = logging.getLogger(__name__)
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it tried is noise

@@ -38,7 +38,7 @@ import torch
 
 from mmrec.core.interactions import RowItems
 from mmrec.core.sequences import pool_history
-from mmrec.evaluation.ranking import top_items
+from mmrec.core.ranking import top_items
 from mmrec.serving.bundle import Bundle, load_bundle
 from mmrec.serving.index import INDEXES
 from mmrec.serving.rerank import RERANKERS, cap_per_group

@@ -126,8 +126,9 @@ RULES: dict[str, Spec] = {
     "evaluation.mask_history": BOOL,
     # evaluation.ks and evaluation.lists: in _cross_checks (a list; the lists modes are the evaluator's)
     # dataset: the DataModule (every dataset)
-    "dataset.batch_size": POSITIVE,
-    "dataset.eval_batch_size": POSITIVE,
+    "dataset.pairs_per_batch": POSITIVE,
+    "dataset.eval_users_per_batch": POSITIVE,
+    "model.users_per_batch": POSITIVE,
     "dataset.num_workers": NON_NEGATIVE,
     "dataset.verify": BOOL,
     # dataset sources: the demo generator
