@@ -30,6 +30,7 @@ from mmrec import __version__
 from mmrec.data.prepared import feature_modality_encoder
 from mmrec.run import assemble, saved_config
 from mmrec.serving.bundle import BundleError, load_bundle, write_bundle
+from mmrec.utils import cli
 from mmrec.utils.errors import hydra_user_errors
 
 log = logging.getLogger(__name__)
@@ -229,4 +230,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "export")  # a mistyped key or choice: one error line (mmrec.utils.cli)

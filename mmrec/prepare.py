@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from mmrec.data.prepared import (DatasetError, declare_expected, expecting, feature_problem, is_complete, is_prepared,
                                  read_manifest, source_mismatch, unregister_feature)
 from mmrec.data.stages import Stage, format_summary, prepare_command, run_stages
-from mmrec.utils.config_check import check_config
+from mmrec.config_check import check_config
+from mmrec.utils import cli
 from mmrec.utils.errors import hydra_user_errors
 
 log = logging.getLogger(__name__)
@@ -166,4 +167,4 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "prepare")  # a mistyped key or choice: one error line (mmrec.utils.cli)

@@ -35,7 +35,7 @@ from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.models.base import GraphRecommender
 from mmrec.runs import run_identity
 from mmrec.sampling import NegativeSampler
-from mmrec.utils.config_check import ConfigError
+from mmrec.config_check import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,21 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mmrec.lit.callbacks import EpochStats
-from mmrec.lit.datamodule import RecDataModule
-from mmrec.lit.module import RecModule
-from mmrec.run import assemble
+# torch, Lightning and the model code are imported where a run is built, not here: a mistake on
+# the command line is reported before they load (seconds, on a busy machine tens of seconds)
+from mmrec.config_check import ConfigError, check_config
 from mmrec.runs import (RunFolderError, RunLock, config_resume_problem, folder_problem, load_checkpoint,
                         resume_problem)
+from mmrec.utils import cli
 from mmrec.utils.config import command_line
-from mmrec.utils.config_check import ConfigError, check_config
 from mmrec.utils.errors import MmrecError, hydra_user_errors
 from mmrec.utils.logging import finish_wandb, metrics_table, quiet_lightning
 from mmrec.utils.memory import keep_freed_memory
@@ -66,17 +61,23 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 def build_loop(cfg: DictConfig) -> dict[str, Any]:
     """Callbacks, loggers and the trainer of a run (what writes into its folder)."""
+    from lightning.pytorch.callbacks import ProgressBar
+
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar") is False:  # asked for no bar: Lightning refuses one in the list
         callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return {"callbacks": callbacks, "loggers": loggers, "trainer": trainer}
 
 
 def build_module(cfg: DictConfig) -> dict[str, Any]:
     """The assembled run (:func:`mmrec.run.assemble`), its LightningModule and DataModule: what the
     training loop drives. ``{"run", "module", "datamodule", "encoder", "cfg"}``."""
+    from mmrec.lit.datamodule import RecDataModule
+    from mmrec.lit.module import RecModule
+    from mmrec.run import assemble
+
     run = assemble(cfg)
     model = run.model
     # a history model's batch is users (model.users_per_batch); every other model's, training pairs
@@ -114,6 +115,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from mmrec.lit.callbacks import EpochStats
+
+    torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
     set_threads(cfg.get("threads"))
@@ -134,9 +142,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, out_dir / "config.yaml")
     objects.update(build_loop(cfg))
-    trainer: L.Trainer = objects["trainer"]
-    module: RecModule = objects["module"]
-    datamodule: RecDataModule = objects["datamodule"]
+    trainer, module, datamodule = objects["trainer"], objects["module"], objects["datamodule"]
 
     start = time.time()
     trainable = module.encoder.trainable
@@ -227,6 +233,8 @@ def set_threads(threads: int | None) -> int:
     it, else the cores this process may use (its CPU affinity: a container's or a cluster
     job's share) divided among the jobs a joblib sweep runs at once. Oversubscribed threads
     spin on a busy machine (see RESULTS.md)."""
+    import torch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = _parallel_jobs(cores)
     if threads is not None:
@@ -311,5 +319,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
-    main()
+    cli.run(main, "train")  # a mistyped key or choice: one error line (mmrec.utils.cli)

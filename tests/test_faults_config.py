@@ -20,7 +20,7 @@ from conftest import compose_cfg
 from mmrec.train import ConfigError, build, train
 from mmrec.utils.config import CONFIG_DIR
 from conftest import REPO_ROOT
-from mmrec.utils.config_check import RULES, CheckConfig, check_config
+from mmrec.config_check import RULES, CheckConfig, check_config
 
 pytestmark = pytest.mark.faults
 
@@ -171,7 +171,7 @@ def test_both_entry_points_check_in_hydra_before_the_run_folder(config_name, cap
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=["dataset.source.num_users=0"], return_hydra_config=True)
-    assert cfg.hydra.callbacks.check_config._target_ == "mmrec.utils.config_check.CheckConfig"
+    assert cfg.hydra.callbacks.check_config._target_ == "mmrec.config_check.CheckConfig"
     with pytest.raises(SystemExit) as err:
         CheckConfig().on_run_start(config=cfg)
     assert err.value.code == 2
@@ -243,3 +243,39 @@ def test_every_rule_names_a_key_of_some_shipped_config(shipped_cfgs):
 
     missing = [key for key in RULES if key not in ADDED_BY_USERS and not present(key)]
     assert not missing, f"rules for keys no shipped config has: {missing}"
+
+
+# --------------------------------------------------------------------------------------
+# Mistakes Hydra catches: one line with the nearest valid names, exit status 2 (mmrec.utils.cli)
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config_name,args,expected", [
+    ("train", ["model=lightgcm"], "model=lightgcm: no such model choice (did you mean lightgcn?); the choices are"),
+    ("train", ["model.encoder.num_layerz=2"], "model.encoder.num_layerz=2: model.encoder.num_layerz is not a key of "
+                                              "this configuration (did you mean num_layers?)"),
+    ("train", ["modle=lightgcn"], "modle is not a key of this configuration (did you mean model"),
+    ("train", ["+model.encoder.num_layers=3"], "model.encoder.num_layers already exists; set it without the +"),
+    ("train", ["trainer.max_epochs=="], "trainer.max_epochs==: not a valid override"),
+    ("prepare", ["modality_encoder=offlin"], "no such modality_encoder choice (did you mean offline?)"),
+    ("export", ["run=/x", "export.force=true"], "export.force is not a key of this configuration (did you mean force?)"),
+])
+def test_a_mistyped_override_is_named_with_the_nearest_valid_names(config_name, args, expected):
+    from mmrec.utils.cli import override_problem
+
+    assert expected in (override_problem(config_name, args) or "")
+
+
+def test_valid_overrides_and_hydra_flags_pass_the_check():
+    from mmrec.utils.cli import override_problem
+
+    for args in (["model=freedom", "dataset=ml100k", "seed=3"], ["hydra.run.dir=/tmp/x", "experiment=lightgcn_baby"],
+                 ["--cfg", "job"], ["-m", "seed=0,1"], ["+model.optimizer.weight_decay=0.1"]):
+        assert override_problem("train", args) is None, args
+
+
+def test_a_mistyped_choice_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mmrec.train", "model=lightgcm", f"paths.log_dir={tmp_path / 'logs'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model=lightgcm: no such model choice (did you mean lightgcn?)")
+    assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder

@@ -161,8 +161,8 @@ def test_search_space_names_real_keys_and_validation_metric(search):
     sweeper = hydra_cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert cfg.optimized_metric == "val/recall@20"
-    model = search.removesuffix("_optuna").replace("_", "")  # two_tower -> TwoTower
-    assert cfg.model.encoder._target_.lower().endswith(model)
+    # the space belongs to the model config of its name (mf_optuna -> model=mf, LightGCN with 0 layers)
+    assert hydra_cfg.hydra.runtime.choices["model"] == search.removesuffix("_optuna")
     params = dict(sweeper.params)
     if cfg.model.get("optimizer") is None:  # fitted in closed form (iALS): its own size and regularisation
         assert {"model.encoder.factors", "model.encoder.regularization"} <= set(params)

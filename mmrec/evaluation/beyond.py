@@ -83,9 +83,11 @@ def gini_index(top: torch.Tensor, ks: Sequence[int], num_items: int) -> torch.Te
 def shannon_entropy(top: torch.Tensor, ks: Sequence[int], num_items: int) -> torch.Tensor:
     r"""Normalised Shannon entropy of item exposure,
     :math:`-\sum_i p_i \log p_i / \log |I|` with :math:`p_i` item i's share of all shown slots
-    (1: uniform over the whole catalogue). Normalised by the catalogue size, not by the number
-    of distinct items shown as RecBole's ``ShannonEntropy`` does (which would rate a recommender
-    that shows two items equally often as perfectly spread)."""
+    (1: uniform over the whole catalogue; 0: one item shown everywhere). RecBole's
+    ``ShannonEntropy`` instead divides the (natural-log) entropy by the number of distinct items
+    shown, not by a logarithm, which favours showing few items: two items shown equally often
+    score :math:`\ln 2 / 2 \approx 0.35`, a thousand shown equally often
+    :math:`\ln 1000 / 1000 \approx 0.007`."""
     out = []
     for k in ks:
         counts = exposure(top, k, num_items).to(torch.float64)

@@ -8,11 +8,13 @@ from mmrec.models.freedom import FREEDOM
 from mmrec.models.grcn import GRCN
 from mmrec.models.ials import IALS
 from mmrec.models.lattice import LATTICE
+from mmrec.models.layergcn import LayerGCN
 from mmrec.models.lightgcn import LightGCN
 from mmrec.models.mmgcn import MMGCN
 from mmrec.models.sequential import BERT4Rec, SASRec
+from mmrec.models.simgcl import SimGCL, XSimGCL
 from mmrec.models.two_tower import TwoTower
 from mmrec.models.vbpr import VBPR
 
-__all__ = ["BERT4Rec", "FREEDOM", "GRCN", "GraphRecommender", "HistoryRecommender", "IALS", "LATTICE", "LightGCN",
-           "MMGCN", "Popularity", "RandomRanker", "SASRec", "TwoTower", "VBPR"]
+__all__ = ["BERT4Rec", "FREEDOM", "GRCN", "GraphRecommender", "HistoryRecommender", "IALS", "LATTICE", "LayerGCN",
+           "LightGCN", "MMGCN", "Popularity", "RandomRanker", "SASRec", "SimGCL", "TwoTower", "VBPR", "XSimGCL"]

@@ -25,8 +25,9 @@ class LightGCN(GraphRecommender):
     with BPR plus :math:`\lambda \lVert \mathbf{E}^{(0)}_{batch} \rVert^2` by
     :class:`mmrec.lit.module.RecModule`.
 
-    It uses no content, so an item without training interactions (cold) keeps its random
-    initial embedding: LightGCN has no information about cold items.
+    It uses no content: an item without training interactions (cold) has an untrained ID
+    embedding, which :meth:`~mmrec.models.base.GraphRecommender.known_item_ids` sets to 0, so
+    every cold item scores 0 ("unknown"; the evaluation ranks such items last as unrankable).
 
     Args:
         num_users: number of users :math:`U`.

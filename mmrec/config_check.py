@@ -178,6 +178,10 @@ RULES: dict[str, Spec] = {
     "model.encoder.edge_dropout": PROPER_SHARE,
     "model.encoder.modality_loss_weight": WEIGHT,
     "model.encoder.lambda_coeff": SHARE,
+    "model.encoder.eps": WEIGHT,                         # SimGCL / XSimGCL: noise length
+    "model.encoder.cl_weight": WEIGHT,                   # weight of a contrastive term
+    "model.encoder.cl_layer": NON_NEGATIVE,              # XSimGCL: l*, the contrasted layer
+    "model.encoder.random_prune_share": SHARE,           # LayerGCN: steps pruned uniformly instead of by degree
     "model.encoder.concat": BOOL,
     "model.encoder.learn_modality_weights": BOOL,
     "model.graph_weights.*": WEIGHT,
