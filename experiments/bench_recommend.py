@@ -205,7 +205,7 @@ def phase_foldin(runs: list[Path], tag: str, share: float = 0.2, seed: int = 0) 
             # a two-tower bundle also serves visitors through its user tower (the serving default for it)
             rules = ("mean", "ridge") + (("tower",) if "tower_weight" in bundle.arrays else ())
             for rule in rules:
-                rec.fold_in_rule = rule
+                rec.visitors.fold_in_rule = rule  # the visitor encoder reads it per request
                 lists = [[rec.item_index[r.item] for r in rec.recommend_for_items([rec.item_raw[i] for i in revealed[u]], k=K)]
                          for u in hidden]
                 rows.append({"model": model, "n": n, "variant": f"fold-in ({rule})", **_metrics(lists, gold, rec)})

@@ -129,6 +129,16 @@ RULES: dict[str, Spec] = {
     "dataset.pairs_per_batch": POSITIVE,
     "dataset.eval_users_per_batch": POSITIVE,
     "model.users_per_batch": POSITIVE,
+    # serving: the Recommender's settings and request limits (mmrec.serve, mmrec.recommend)
+    "recommender.candidates": POSITIVE,
+    "recommender.content_candidates": NON_NEGATIVE,
+    "recommender.recent": POSITIVE,
+    "recommender.query_items": POSITIVE,
+    "recommender.limits.max_k": POSITIVE,
+    "recommender.limits.max_items": POSITIVE,
+    "recommender.limits.max_query_chars": POSITIVE,
+    "recommender.limits.max_body_bytes": POSITIVE,
+    "recommender.limits.search_limit": POSITIVE,
     "dataset.num_workers": NON_NEGATIVE,
     "dataset.verify": BOOL,
     # dataset sources: the demo generator

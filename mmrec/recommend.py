@@ -7,7 +7,8 @@
 
 Prints a table (rank, id, title, score, because of) or JSON. ``recommend(cfg)`` returns the
 list; ``main()`` is the thin Hydra wrapper. A bad bundle or request exits with status 2 and
-one line that says what is wrong.
+one line that says what is wrong. A request is bounded by ``recommender.limits`` (``k``, ids,
+query length), the same node, and the same checks, as the HTTP service's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmrec.serving.recommender import Recommendation, RecommendError, recommender_from_config
+from mmrec.config_check import check_config
+from mmrec.utils import cli
 from mmrec.utils.errors import hydra_user_errors
 
 
@@ -61,6 +64,7 @@ def format_table(recs: list[Recommendation]) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="recommend")
 def main(cfg: DictConfig) -> None:
     with hydra_user_errors():
+        check_config(cfg)  # value ranges (recommender settings, limits): one line, before the bundle loads
         recs = recommend(cfg)
     if cfg.format == "json":
         print(json.dumps([r.as_dict() for r in recs], indent=2))
@@ -72,4 +76,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "recommend")  # a mistyped key or choice: one error line (mmrec.utils.cli)

@@ -18,6 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmrec.serving.bundle import load_bundle
+from mmrec.config_check import check_config
+from mmrec.utils import cli
 from mmrec.utils.errors import hydra_user_errors
 
 log = logging.getLogger(__name__)
@@ -30,15 +32,17 @@ _PRELOADED = None  # the Recommender loaded by the parent before forking workers
 def app_from_env():
     """The app of the config in ``$MMREC_SERVE_CONFIG`` (how each uvicorn worker builds it)."""
     import torch
+    from hydra.utils import instantiate
 
-    from mmrec.serving.app import Limits, create_app
+    from mmrec.serving.app import create_app
     from mmrec.serving.recommender import recommender_from_config
 
     cfg = OmegaConf.create(json.loads(os.environ[ENV]))
     torch.set_num_threads(int(cfg.threads))
     worker_cfg = OmegaConf.merge(cfg, {"verify": False})  # the parent verified every checksum
     load = (lambda: _PRELOADED) if _PRELOADED is not None else (lambda: recommender_from_config(worker_cfg))
-    return create_app(load, Limits(**cfg.limits))
+    # the recommender's own limits node: the app bounds bodies by it before the bundle is loaded
+    return create_app(load, instantiate(cfg.recommender.limits))
 
 
 def serve(cfg: DictConfig) -> None:
@@ -121,8 +125,9 @@ def prefork(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
     with hydra_user_errors():
+        check_config(cfg)  # value ranges (recommender settings, limits): one line, before the bundle loads
         serve(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "serve")  # a mistyped key or choice: one error line (mmrec.utils.cli)

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from mmrec.serving.app import Limits, create_app
+from mmrec.serving.app import create_app
+from mmrec.serving.limits import Limits
 from mmrec.serving.recommender import Recommender
+
+LIMITS = Limits(max_k=50, max_body_bytes=4096, max_query_chars=100, max_items=20)
 
 
 @pytest.fixture(scope="module")
 def client(serving_runs):
     bundle = serving_runs["freedom"][1]
-    app = create_app(lambda: Recommender.load(bundle, max_k=50), Limits(max_k=50, max_body_bytes=4096,
-                                                                        max_query_chars=100))
+    app = create_app(lambda: Recommender.load(bundle, limits=LIMITS), LIMITS)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -104,12 +107,92 @@ def test_items_search_image_and_similar(client):
     ("post", "/recommendations", {"content": json.dumps({"items": ["i1"] * 2000}).encode(),
                                   "headers": {"content-type": "application/json"}}, 413, "4096 bytes"),
     ("get", "/items", {"params": {"search": "y" * 101}}, 422, "search"),
+    ("get", "/items", {"params": {"search": "a", "limit": 51}}, 422, "limit"),
+    ("get", "/users/u3/recommendations", {"params": {"exclude": ",".join(f"i{n}" for n in range(21))}}, 422,
+     "exclude: at most 20 item ids"),
+    ("post", "/recommendations", {"json": {"items": [f"i{n}" for n in range(21)]}}, 422, "items: at most 20 item ids"),
+    ("post", "/recommendations", {"json": {"query": "ring", "exclude": [f"i{n}" for n in range(21)]}}, 422,
+     "exclude: at most 20 item ids"),
 ])
 def test_bad_requests_get_a_4xx_that_names_the_problem(client, method, path, kwargs, status, says):
     response = getattr(client, method)(path, **kwargs)
     assert response.status_code == status, response.text
     body = response.json()
     assert says in body["error"], body
+
+
+def test_a_get_with_more_exclusions_than_max_items_gets_a_422_naming_the_field(client):
+    ids = [f"i{n}" for n in range(LIMITS.max_items + 1)]
+    response = client.get("/users/u3/recommendations", params={"exclude": ",".join(ids)})
+    assert response.status_code == 422 and response.json()["field"] == "exclude"
+    assert f"at most {LIMITS.max_items}" in response.json()["error"]
+    # as many ids as the limit, some repeated as separate parameters, are fine
+    allowed = client.get("/users/u3/recommendations", params={"exclude": [",".join(ids[:10]), ",".join(ids[10:20])]})
+    assert allowed.status_code == 200 and not set(ids[:20]) & {r["item"] for r in allowed.json()["items"]}
+
+
+def test_a_visitor_query_is_encoded_once_per_request(client, monkeypatch):
+    visitors = client.app.state.recommender.visitors
+    encoder = visitors.text_encoder
+    calls = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return encoder(texts)
+
+    monkeypatch.setattr(visitors, "text_encoder", counting)
+    text = client.get("/items/i9").json()["text"]
+    for body in ({"items": ["i1"], "query": text, "k": 5}, {"query": text, "k": 5}):
+        calls.clear()
+        answer = client.post("/recommendations", json=body).json()
+        assert answer["matched"][0] == "i9" and len(answer["items"]) == 5
+        assert calls == [[text]], body  # one encoding serves both the list and "matched"
+
+
+def test_random_users_have_a_history_and_are_one_draw(client, monkeypatch):
+    catalogue = client.app.state.recommender.catalogue
+    counts = catalogue.history_indptr[1:] - catalogue.history_indptr[:-1]
+    assert catalogue.users_with_history.tolist() == np.flatnonzero(counts > 0).tolist()  # built at load
+    # a request that scanned the histories (or every user) would now fail: it only draws from the array
+    monkeypatch.setattr(catalogue, "history_indptr", None)
+    monkeypatch.setattr(catalogue, "users_with_history", np.array([3, 7]))
+    drawn = {client.get("/users/random").json()["user"] for _ in range(40)}
+    assert drawn == {catalogue.user_raw[3], catalogue.user_raw[7]}
+
+
+def test_one_limits_node_bounds_the_api_and_the_cli(serving_runs, monkeypatch):
+    """``recommender.limits`` is the only place a bound is set: changing its max_k changes the
+    service's and ``mmrec.recommend``'s, and an app built with other limits than its
+    recommender's refuses to start."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from mmrec import serve
+    from mmrec.recommend import recommend
+    from mmrec.serving.recommender import RecommendError
+
+    bundle = serving_runs["freedom"][1]
+    served = compose_cfg([f"bundle={bundle}", "recommender.limits.max_k=7"], "serve")
+    assert "limits" not in served and "max_k" not in served.recommender  # no second copy to drift
+    monkeypatch.setenv(serve.ENV, json.dumps(OmegaConf.to_container(served, resolve=True)))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # a worker's setting, not this test process's
+    with TestClient(serve.app_from_env(), raise_server_exceptions=False) as c:
+        assert c.get("/info").json()["limits"]["max_k"] == 7
+        assert len(c.get("/users/u3/recommendations", params={"k": 7}).json()["items"]) == 7
+        for path, params in (("/users/u3/recommendations", {"k": 8}), ("/items/i3/similar", {"k": 8})):
+            response = c.get(path, params=params)
+            assert response.status_code == 422 and response.json()["field"] == "k", path
+        response = c.post("/recommendations", json={"items": ["i1"], "k": 8})
+        assert response.status_code == 422 and "limit of 7" in response.json()["error"]
+    cli = compose_cfg([f"bundle={bundle}", "user=u3", "recommender.limits.max_k=7"], "recommend")
+    assert len(recommend(OmegaConf.merge(cli, {"k": 7}))) == 7
+    with pytest.raises(RecommendError, match="limit of 7"):
+        recommend(OmegaConf.merge(cli, {"k": 8}))
+    mismatched = create_app(lambda: Recommender.load(bundle), Limits(max_k=7))
+    with pytest.raises(ValueError, match="differ from the recommender's"):
+        with TestClient(mismatched):
+            pass
 
 
 def test_unknown_ids_are_listed(client):

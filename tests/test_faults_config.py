@@ -211,11 +211,13 @@ SHIPPED = _shipped_overrides()
 
 @pytest.fixture(scope="module")
 def shipped_cfgs() -> list[DictConfig]:
-    return [compose_cfg(o) for o in SHIPPED]
+    # the training configs of every group choice, and the serving entry configs (recommender, limits)
+    return [compose_cfg(o) for o in SHIPPED] + [compose_cfg(["bundle=/b"], config_name=name)
+                                                for name in ("serve", "recommend")]
 
 
 def test_every_shipped_config_passes(shipped_cfgs):
-    for overrides, cfg in zip(SHIPPED, shipped_cfgs):
+    for cfg in shipped_cfgs:
         check_config(cfg)  # raises, naming the key, if a shipped default were out of range
 
 
@@ -279,3 +281,11 @@ def test_a_mistyped_choice_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model=lightgcm: no such model choice (did you mean lightgcn?)")
     assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
+
+
+def test_a_bad_request_limit_is_one_line_before_the_bundle_loads(tmp_path):
+    from mmrec.recommend import main  # noqa: F401 - the entry point's config is checked by check_config
+
+    cfg = compose_cfg([f"bundle={tmp_path}", "recommender.limits.max_k=0", "user=u1"], config_name="recommend")
+    with pytest.raises(ConfigError, match=r"recommender.limits.max_k=0: must be an int >= 1"):
+        check_config(cfg)

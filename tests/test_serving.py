@@ -4,15 +4,20 @@ is the evaluated list, seen and unrankable items never come back, new visitors, 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from mmrec.serving.bundle import BundleError, load_bundle
+from mmrec.serving.catalogue import Catalogue
+from mmrec.serving.limits import Limits
 from mmrec.serving.recommender import RecommendError, Recommender, UnknownIdError, fold_in
 
 MODELS = ["lightgcn", "freedom", "vbpr", "mmgcn", "grcn", "lattice", "pop", "random"]
@@ -157,6 +162,59 @@ def test_bad_requests_name_the_problem(runs):
     recs = rec.recommend(["u0"], k=10)[0]
     again = rec.recommend(["u0"], k=10, exclude=[recs[0].item])[0]
     assert recs[0].item not in {r.item for r in again}
+
+
+def test_every_path_checks_the_one_limits(runs):
+    """k, the count of liked and excluded ids, the query's length, the title search: each request
+    is checked against the recommender's one Limits, and the error names the field."""
+    rec = Recommender.load(runs["freedom"][1], limits=Limits(max_k=5, max_items=2, max_query_chars=10,
+                                                             search_limit=3))
+    three = ["i1", "i2", "i3"]
+    cases = [("k", lambda: rec.recommend(["u0"], k=6)), ("k", lambda: rec.recommend_for_items(["i0"], k=6)),
+             ("k", lambda: rec.recommend_for_text("ring", k=6)), ("k", lambda: rec.similar_items("i0", k=6)),
+             ("diversity", lambda: rec.recommend_for_visitor(["i0"], k=3, diversity=-0.1)),
+             ("exclude", lambda: rec.recommend(["u0"], k=3, exclude=three)),
+             ("exclude", lambda: rec.recommend_for_text("ring", k=3, exclude=three)),
+             ("items", lambda: rec.recommend_for_items(three, k=3)),
+             ("items", lambda: rec.recommend_for_visitor(three, "ring", k=3)),
+             ("query", lambda: rec.recommend_for_text("x" * 11, k=3)),
+             ("query", lambda: rec.answer_visitor(["i0"], "x" * 11, k=3)),
+             ("search", lambda: rec.search("x" * 11)), ("limit", lambda: rec.search("a", 4))]
+    for field, call in cases:
+        with pytest.raises(RecommendError) as err:
+            call()
+        assert err.value.field == field and field in str(err.value), (field, str(err.value))
+    assert len(rec.recommend(["u0"], k=5, exclude=["i1", "i2"])[0]) == 5 and len(rec.search("a", 3)) <= 3
+    with pytest.raises(ValueError, match="max_k"):
+        Limits(max_k=0)
+    with pytest.raises(ValueError, match="max_kk"):
+        Limits(max_kk=3)  # a typo in the config's limits fails instead of leaving the default in force
+
+
+def test_a_visitor_answer_is_one_pass_over_liked_items_and_words(runs):
+    rec = Recommender.load(runs["freedom"][1])
+    text = rec.bundle.items["text"][7]
+    answer = rec.answer_visitor(["i1"], text, k=5)
+    assert answer.matched[0] == "i7" and len(answer.matched) == rec.visitors.query_items
+    assert [r.item for r in answer.items] == [r.item for r in rec.recommend_for_visitor(["i1"], text, k=5)]
+    assert "i1" not in {r.item for r in answer.items}  # liked: left out; matched items may be recommended
+    assert rec.answer_visitor(["i1"], "   ", k=5).matched == []  # a blank query is none
+
+
+def test_catalogue_draws_random_users_among_those_with_a_history():
+    users = pd.DataFrame({"raw_id": ["a", "b", "c", "d"]})
+    items = pd.DataFrame({"raw_id": ["x", "y"], "title": ["Red Ring", "blue hat"], "image": [None, "y.jpg"]})
+    arrays = {"item_popularity": np.array([1, 2]), "item_rankable": np.array([True, False]),
+              "history_indptr": np.array([0, 0, 2, 2, 3]), "history_indices": np.array([0, 1, 0])}
+    catalogue = Catalogue(SimpleNamespace(users=users, items=items, arrays=arrays))
+    assert catalogue.users_with_history.tolist() == [1, 3]  # "a" and "c" have no history
+    rng = random.Random(0)
+    assert {catalogue.random_user(rng) for _ in range(100)} == {"b", "d"}
+    assert catalogue.history("b") == ["x", "y"] and catalogue.history("a") == []
+    assert catalogue.search("RING") == [0] and catalogue.search("") == []
+    assert catalogue.describe("y")["rankable"] is False and catalogue.describe("y")["popularity"] == 2
+    with pytest.raises(UnknownIdError, match="'z'"):
+        catalogue.items(["x", "z"])
 
 
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
