@@ -346,7 +346,7 @@ def test_mean_fold_in_bundle_refuses_the_tower(history_runs):
 
 
 def test_scored_samplers_are_refused_for_history_models(tmp_path):
-    from mmrec.utils.config_check import ConfigError, check_config
+    from mmrec.config_check import ConfigError, check_config
 
     cfg = compose_cfg(["model=sasrec", "sampler=dns", f"paths.data_dir={tmp_path}"] + SMALL_DEMO)
     with pytest.raises(ConfigError, match="sampler=uniform"):
