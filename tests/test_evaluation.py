@@ -96,7 +96,7 @@ def test_group_hits_count_only_the_groups_items(splits):
     top = _rank_top(scores, users, [train], 20)
     cold = torch.zeros(I, dtype=torch.bool)
     cold[::3] = True
-    out = hits_of(top, users, test, I, {"": None, "cold/": cold, "warm/": ~cold})
+    out = hits_of(top, users, test, {"": None, "cold/": cold, "warm/": ~cold})
     all_hits, all_pos = out[""]
     assert torch.equal(out["cold/"][0] | out["warm/"][0], all_hits)
     assert torch.equal(out["cold/"][1] + out["warm/"][1], all_pos)
@@ -171,7 +171,7 @@ def test_ranked_hits_equal_top_k_hits(splits):
     groups = {"": None, "cold/": cold, "warm/": ~cold}
     fn = lambda us: scores[torch.searchsorted(users, us)].clone()  # noqa: E731
     top, _ = top_items(fn, users, [train, valid], 20, unknown)
-    expected = hits_of(top, users, test, I, groups)
+    expected = hits_of(top, users, test, groups)
     assert expected[""][0].any()  # the comparison is not between empty matrices
     for block in (None, 1, 7):
         out = ranked_hits(fn, users, [train, valid], test, 20, unknown, block, groups)

@@ -141,37 +141,42 @@ def cold_exposure(top: torch.Tensor, ks: Sequence[int], cold: torch.Tensor) -> t
     return torch.stack(out).to(torch.float64)
 
 
-def intra_list_diversity(top: torch.Tensor, ks: Sequence[int], item_vectors: torch.Tensor) -> torch.Tensor:
+def intra_list_diversity(top: torch.Tensor, ks: Sequence[int], item_vectors: torch.Tensor,
+                         block: int = 1024) -> torch.Tensor:
     r"""Intra-list diversity (Ziegler et al. 2005; RecBole / Elliot ``ILD``-style): the mean
     pairwise cosine distance :math:`1 - \cos(v_i, v_j)` over the pairs of each list, averaged
     over users with at least two shown items (0 when no list has two).
 
     With unit rows, the sum of the cosines over the ordered pairs ``i != j`` of a list is
     :math:`\lVert\sum_i v_i\rVert^2 - \sum_i \lVert v_i\rVert^2`, so no ``k x k`` Gram matrix
-    and no ``[U, k, D]`` gather is built: the list sums are one sparse product of the
-    ``[U, I]`` list-membership matrix with the item vectors per cut-off. ``item_vectors``
-    ``[I, D]`` are L2-normalised here; a zero row (an item with no content) has cosine 0 to
-    everything (distance 1).
+    and no ``[U, k, D]`` gather is built: the list sums are a sparse product of a ``block`` of
+    users' list-membership rows with the item vectors, block by block (memory ``block x D``,
+    whatever the number of users). ``item_vectors`` ``[I, D]`` are L2-normalised here; a zero
+    row (an item with no content) has cosine 0 to everything (distance 1).
     """
     unit = item_vectors.float()
     norm = unit.norm(dim=1, keepdim=True)
-    unit = unit / norm.clamp_min(1e-12)
     # [I, D + 1]: the unit vectors and their squared norms (1, or 0 for an empty row)
-    stacked = torch.cat([unit, (norm > 0).to(unit.dtype)], dim=1)
-    num_users, num_items = top.shape[0], item_vectors.shape[0]
-    out = []
-    for k in ks:
-        ids, valid = _slots(top, k)
-        n = valid.sum(1)  # [U] shown items
-        crow = torch.zeros(num_users + 1, dtype=torch.long, device=top.device)
-        crow[1:] = n.cumsum(0)
-        cols = ids[valid]  # row-major: the CSR order (a list holds each item once)
-        members = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols), dtype=unit.dtype, device=top.device),
-                                          (num_users, num_items), check_invariants=False)  # [U, I]
-        sums = torch.sparse.mm(members, stacked).to(torch.float64)  # [U, D + 1]
-        pair_cos = (sums[:, :-1] ** 2).sum(1) - sums[:, -1]  # [U]
-        n = n.to(torch.float64)
-        has = n >= 2
-        ild = 1.0 - pair_cos / (n * (n - 1)).clamp_min(1)
-        out.append(torch.where(has, ild, torch.zeros_like(ild)).sum() / has.sum().clamp_min(1))
-    return torch.stack(out)
+    stacked = torch.cat([unit / norm.clamp_min(1e-12), (norm > 0).to(unit.dtype)], dim=1)
+    del unit, norm
+    num_items = item_vectors.shape[0]
+    totals = torch.zeros(len(ks), dtype=torch.float64)  # sum over users of their ILD, per cut-off
+    counted = torch.zeros(len(ks), dtype=torch.float64)  # users with >= 2 shown items
+    for start in range(0, top.shape[0], block):
+        rows = top[start:start + block]
+        for j, k in enumerate(ks):
+            ids, valid = _slots(rows, k)
+            n = valid.sum(1)  # [b] shown items
+            crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=top.device)
+            crow[1:] = n.cumsum(0)
+            cols = ids[valid].long()  # row-major: the CSR order (a list holds each item once)
+            members = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols), dtype=stacked.dtype, device=top.device),
+                                              (len(rows), num_items), check_invariants=False)  # [b, I] sparse
+            sums = torch.sparse.mm(members, stacked)  # [b, D + 1]
+            pair_cos = sums[:, :-1].pow(2).sum(1, dtype=torch.float64) - sums[:, -1].double()  # [b]
+            n = n.to(torch.float64)
+            has = n >= 2
+            ild = 1.0 - pair_cos / (n * (n - 1)).clamp_min(1)
+            totals[j] += torch.where(has, ild, torch.zeros_like(ild)).sum()
+            counted[j] += has.sum()
+    return totals / counted.clamp_min(1)

@@ -167,7 +167,10 @@ class EvaluationPass:
         self.block = evaluator._block(device)
         self.max_k = max(evaluator.ks)
         self.accumulators = {g: MetricAccumulator(evaluator.ks, evaluator.metric_names) for g in self.groups}
-        self._tops: list[torch.Tensor] = []
+        # the top-k lists of the pass (with lists): int32 [U, max_k] preallocated for the split's users, filled
+        # block by block; only its metrics are computed at the end (no [U, I] tensor outside a scoring block)
+        self._tops = torch.full((len(evaluator.users(split)) if lists else 0, self.max_k), -1, dtype=torch.int32)
+        self._filled = 0
         # one [block, I] score buffer for the whole pass (CPU blocks)
         buffer = (torch.empty(self.block, evaluator.num_items, device=device)
                   if self.block is not None else None)
@@ -184,13 +187,19 @@ class EvaluationPass:
             top, values = top_items(self._score, users, self.exclude, k, self.unrankable, self.block)  # [B, k]
             # hits exactly as the rank count gives them (tested), so that the accuracy figures do
             # not depend on whether lists were collected
-            groups = hits_of(top, users, self.truth, ev.num_items, self.groups)
+            groups = hits_of(top, users, self.truth, self.groups)
             if k < self.max_k:  # a catalogue smaller than the longest cut-off: no hit past its end
                 pad = top.new_full((len(users), self.max_k - k), -1)
                 groups = {g: (torch.cat([h, pad >= 0], dim=1), n) for g, (h, n) in groups.items()}
                 top, values = torch.cat([top, pad], dim=1), torch.cat([values, pad.to(values.dtype)], dim=1)
             # masked and unrankable slots (-inf) are never shown: empty for the list metrics
-            self._tops.append(top.masked_fill(torch.isneginf(values), -1).cpu())
+            shown = top.masked_fill(torch.isneginf(values), -1).to(torch.int32).cpu()
+            end = self._filled + len(users)
+            if end > len(self._tops):  # more users than the split has (a caller's own batches): grow
+                grow = torch.full((end - len(self._tops), self.max_k), -1, dtype=torch.int32)
+                self._tops = torch.cat([self._tops, grow])
+            self._tops[self._filled:end] = shown
+            self._filled = end
         else:
             groups = ranked_hits(self._score, users, self.exclude, self.truth, self.max_k, self.unrankable,
                                  self.block, self.groups)
@@ -198,17 +207,17 @@ class EvaluationPass:
             self.accumulators[group].update(hits, num_pos)
 
     def top_lists(self) -> torch.Tensor:
-        """``[n, max_k]`` the lists collected so far (``-1``: empty slot); only with ``lists``."""
+        """``[n, max_k]`` int32 the lists collected so far (``-1``: empty slot); only with ``lists``."""
         if not self.lists:
             raise RuntimeError("this pass does not collect lists (start it with lists=True)")
-        return torch.cat(self._tops) if self._tops else torch.empty(0, self.max_k, dtype=torch.long)
+        return self._tops[:self._filled]
 
     def compute(self) -> dict[str, float]:
         """Accuracy per item group (``recall@20``, ``warm/recall@20``, ``cold/recall@20``, ...)
         and, with lists, the beyond-accuracy metrics of all lists of the pass."""
         out = {f"{group}{name}": value for group, acc in self.accumulators.items()
                for name, value in acc.compute().items()}
-        if self.lists and self._tops:
+        if self.lists and self._filled:
             out.update(self._beyond(self.top_lists()))
         return out
 

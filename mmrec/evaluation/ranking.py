@@ -128,25 +128,25 @@ def ranked_hits(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.T
     return {g: (hits[g], num_pos[g]) for g in groups}
 
 
-def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix, num_items: int,
+def hits_of(top: torch.Tensor, users: torch.Tensor, truth: InteractionMatrix,
             item_groups: dict[str, torch.Tensor | None] | None = None
             ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{group: (hits [B, max_k] bool, num_pos [B])}`` of a ranked list against ``truth``.
 
     ``item_groups`` maps a group name to an ``[I]`` bool item mask (``None`` = all items):
     a group counts only its relevant items, both in the hits and in ``num_pos`` (e.g. cold
-    items). The dense relevance mask is built once for all groups.
+    items). Membership is looked up per shown slot (:meth:`InteractionMatrix.contains`): no
+    ``[B, I]`` relevance mask, whatever the catalogue's size; ``-1`` slots are never hits.
     """
     row, col = truth.gather(users)
-    relevant = torch.zeros(len(users), num_items, dtype=torch.bool, device=top.device)  # [B, I]
-    relevant[row, col] = True
-    hits = relevant.gather(1, top)  # [B, max_k]
+    shown = top >= 0
+    hits = truth.contains(users.unsqueeze(1), top.clamp_min(0)) & shown  # [B, max_k]
     out = {}
     for name, mask in (item_groups or {"": None}).items():
         if mask is None:
             out[name] = (hits, torch.bincount(row, minlength=len(users)))
         else:
-            out[name] = (hits & mask[top], torch.bincount(row[mask[col]], minlength=len(users)))
+            out[name] = (hits & mask[top.clamp_min(0)], torch.bincount(row[mask[col]], minlength=len(users)))
     return out
 
 

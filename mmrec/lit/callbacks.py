@@ -275,7 +275,7 @@ def recommendation_rows(module: L.LightningModule, datamodule, num_users: int = 
     pick = torch.linspace(0, len(candidates) - 1, min(num_users, len(candidates))).round().long()
     users = candidates[pick].to(module.device)  # [n]
     top, top_scores = module.recommend(users, k, split="valid")  # [n, k], [n, k]: training items masked
-    hits, _ = hits_of(top, users, valid, module.evaluator.num_items)[""]  # [n, k]
+    hits, _ = hits_of(top, users, valid)[""]  # [n, k]
     dataset = datamodule.dataset if datamodule is not None else None
     items = dataset.items.set_index("item") if dataset is not None else None
     rows = []
