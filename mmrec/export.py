@@ -193,6 +193,16 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         # the key serving matches its own settings against (factory and inner-product search)
         extra["index"] = {"factory": f"{index['factory']}/{built.mips}", "build_seconds": round(built.build_seconds, 3),
                           **params}
+        target = index.get("target_recall")
+        if target is not None:  # the search breadth for the target, chosen on user queries, recall measured on others
+            rng = np.random.default_rng(int(index.get("seed", 0)))
+            sample = rng.permutation(len(arrays["user_vectors"]))[:int(index.get("tuning_queries", 1000))]
+            tuned = built.tune(np.asarray(arrays["user_vectors"][np.sort(sample)]), float(target),
+                               int(index.get("recall_k", 100)))
+            extra["index"].update(tuned)
+            log.info("FAISS %s: %s for recall@%d >= %.3f (measured %.4f on %d held-out user queries)", index["factory"],
+                     {k: v for k, v in tuned.items() if k in ("efSearch", "nprobe")}, tuned["k"], float(target),
+                     tuned["recall"], tuned["queries"])
     card = {
         "model": cfg.model.encoder._target_.rsplit(".", 1)[-1], "model_target": cfg.model.encoder._target_,
         "dataset": ds.name, "dataset_root": str(ds.root), "metrics": record.get("metrics", {}),

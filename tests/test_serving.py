@@ -311,3 +311,37 @@ def test_faiss_maximum_inner_product_search_with_uneven_norms():
         assert not (found < 10).any()  # unrankable items are not indexed
         assert torch.allclose(scores, (queries.unsqueeze(1) * items[found]).sum(-1), atol=1e-4)
     assert recall["l2"] > 0.98 and recall["l2"] > recall["ip"]
+
+
+def test_faiss_breadth_is_tuned_for_a_recall_target_and_reported(serving_runs, tmp_path):
+    """Export chooses the smallest efSearch (16, 32, ...) whose recall@100 of the exact top reaches
+    the target on half of the sampled user queries, records the recall measured on the other
+    half in the manifest, serving uses that breadth and /info shows it (issue 28.6)."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from mmrec.export import export_run
+    from mmrec.serving.app import create_app
+    from mmrec.serving.index import FaissIndex
+
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(20_000, 16)).astype(np.float32)
+    queries = rng.normal(size=(400, 16)).astype(np.float32)
+    index = FaissIndex(items, np.ones(len(items), bool), "HNSW16", ef_construction=40)
+    tuned = index.tune(queries, target=0.97, k=100)
+    assert tuned["recall"] >= 0.95 and tuned["efSearch"] >= 16 and tuned["queries"] == 200
+    if tuned["efSearch"] > 16:  # the smallest breadth that reaches the target on the choosing half
+        index.set_breadth(tuned["efSearch"] // 2)
+        assert index.recall_at(queries[:200], 100) < 0.97
+
+    run = serving_runs["lightgcn"][0]
+    bundle = export_run(run, out=tmp_path / "b", index={"factory": "HNSW32", "ef_construction": 200,
+                                                        "target_recall": 0.98, "tuning_queries": 100})
+    entry = json.loads((bundle / "manifest.json").read_text())["index"]
+    assert entry["recall"] >= 0.98 and entry["target_recall"] == 0.98 and "efSearch" in entry
+    rec = Recommender.load(bundle, index="faiss", index_params={"factory": "HNSW32"})
+    assert rec.index.breadth == entry["efSearch"] and rec.index.recall == entry["recall"]
+    with TestClient(create_app(lambda: rec)) as client:
+        info = client.get("/info").json()["index_search"]
+    assert info == {"factory": "HNSW32", "knob": "efSearch", "value": entry["efSearch"], "recall": entry["recall"],
+                    "recall_k": 100}

@@ -50,7 +50,7 @@ class ExactIndex:
     name = "exact"
 
     def __init__(self, item_vectors: torch.Tensor, rankable: torch.Tensor, block: int = 128,
-                 saved: tuple[Path, str | None] | None = None):
+                 saved: tuple[Path, dict | None] | None = None):
         # ``saved`` (a bundle's FAISS index) is not needed: exact search reads the vectors
         self.items = item_vectors
         self.unrankable = ~rankable if not bool(rankable.all()) else None
@@ -83,20 +83,24 @@ class FaissIndex:
         item_vectors: ``[I, d]`` float32.
         rankable: ``[I]`` bool; only rankable items are indexed.
         factory: FAISS factory string (``"HNSW32"``, ``"IVF1024,Flat"``, ``"Flat"``, ...).
-        ef_search: HNSW's search breadth (the recall-latency knob of ``HNSW*``).
-        nprobe: IVF's probed lists (the recall-latency knob of ``IVF*``).
+        ef_search: HNSW's search breadth (the recall-latency knob of ``HNSW*``); ``None``: the value
+            export tuned for the bundle's recall target (:meth:`tune`), else 128.
+        nprobe: IVF's probed lists (the recall-latency knob of ``IVF*``); ``None``: the tuned
+            value, else 16.
         ef_construction: HNSW's build breadth.
         mips: ``l2`` (augmented vectors, L2 metric) or ``ip`` (inner-product metric).
-        saved: ``(path, factory)`` of an index saved in the bundle at export: read instead of
-            built when its factory is this one.
+        saved: ``(path, entry)`` of an index saved in the bundle at export, ``entry`` its
+            manifest record (``factory``, tuned ``ef_search`` / ``nprobe``, measured recall): read
+            instead of built when its factory is this one.
         threads: FAISS OpenMP threads (``None``: FAISS's default).
     """
 
     name = "faiss"
 
     def __init__(self, item_vectors: np.ndarray | torch.Tensor, rankable: np.ndarray | torch.Tensor,
-                 factory: str = "HNSW32", ef_search: int = 128, nprobe: int = 16, ef_construction: int = 200,
-                 saved: tuple[Path, str | None] | None = None, threads: int | None = None, mips: str = "l2"):
+                 factory: str = "HNSW32", ef_search: int | None = None, nprobe: int | None = None,
+                 ef_construction: int = 200, saved: tuple[Path, dict | None] | None = None, threads: int | None = None,
+                 mips: str = "l2"):
         import faiss
 
         if mips not in ("l2", "ip"):
@@ -116,7 +120,8 @@ class FaissIndex:
         self.factory = factory
         self.build_seconds = 0.0
         index = None
-        if saved is not None and saved[1] == f"{factory}/{mips}" and Path(saved[0]).is_file():
+        entry = (saved[1] or {}) if saved is not None else {}
+        if saved is not None and entry.get("factory") == f"{factory}/{mips}" and Path(saved[0]).is_file():
             index = faiss.read_index(str(saved[0]))
             log.info("read the bundle's FAISS %s index (%d vectors)", factory, index.ntotal)
         if index is None:
@@ -140,11 +145,63 @@ class FaissIndex:
             raise ValueError(f"the saved FAISS index holds {index.ntotal} vectors of dimension {index.d}, the bundle "
                              f"{len(self.ids)} rankable items of {vectors.shape[1]}-d: re-export the bundle")
         self.index = index
-        params = faiss.ParameterSpace()
-        if "HNSW" in factory:
-            params.set_index_parameter(index, "efSearch", ef_search)
-        if "IVF" in factory:
-            params.set_index_parameter(index, "nprobe", nprobe)
+        # the search breadth: as asked, else as export tuned it for the bundle's index, else FAISS-typical
+        tuned = entry if entry.get("factory") == f"{factory}/{mips}" else {}
+        self.knob = "efSearch" if "HNSW" in factory else "nprobe" if "IVF" in factory else None
+        asked = ef_search if self.knob == "efSearch" else nprobe
+        default = 128 if self.knob == "efSearch" else 16
+        if self.knob is not None:
+            self.set_breadth(int(asked if asked is not None else tuned.get(self.knob, default)))
+        self.recall = tuned.get("recall") if asked is None else None  # measured at export, for the tuned breadth
+
+    def set_breadth(self, value: int) -> None:
+        """Set the recall-latency knob (``efSearch`` for HNSW, ``nprobe`` for IVF)."""
+        import faiss
+
+        if self.knob is not None:
+            faiss.ParameterSpace().set_index_parameter(self.index, self.knob, value)
+            self.breadth = value
+
+    def _found(self, queries: np.ndarray, want: int) -> torch.Tensor:
+        """``[B, want]`` item ids FAISS finds for ``queries`` (``-1``: none), no exclusions."""
+        q = np.asarray(queries, dtype=np.float32)
+        if self.mips == "l2":
+            q = np.concatenate([q, np.zeros((len(q), 1), dtype=np.float32)], axis=1)
+        _, pos = self.index.search(np.ascontiguousarray(q), want)
+        pos_t = torch.as_tensor(pos)
+        return torch.where(pos_t >= 0, self.ids[pos_t.clamp_min(0)], torch.full_like(pos_t, -1))
+
+    def recall_at(self, queries: np.ndarray, k: int = 100) -> float:
+        """Mean share of each query's exact top-``k`` rankable items that the index finds in its top ``k``."""
+        k = min(k, len(self.ids))
+        q = torch.as_tensor(np.asarray(queries, dtype=np.float32))
+        rankable = self.items[self.ids]  # [n, d]
+        hits = 0
+        for start in range(0, len(q), 64):  # a [64, n] score block at a time
+            block = q[start:start + 64]
+            exact_ids = self.ids[(block @ rankable.T).topk(k, dim=1).indices]  # [b, k]
+            found = self._found(block.numpy(), k)  # [b, k]
+            hits += int((found.unsqueeze(2) == exact_ids.unsqueeze(1)).any(1).sum())
+        return hits / (len(q) * k)
+
+    def tune(self, queries: np.ndarray, target: float, k: int = 100) -> dict:
+        """Choose the smallest search breadth (16, 32, ..., 8192) whose recall@``k`` on the first half
+        of ``queries`` reaches ``target``, set it, and measure recall on the other half (held out):
+        ``{knob: value, "recall": held-out recall@k, "target_recall", "k", "queries"}``. An exact
+        factory (``Flat``) has no knob: its recall is measured only."""
+        half = max(1, len(queries) // 2)
+        choose, held_out = queries[:half], queries[half:] if len(queries) > 1 else queries
+        if self.knob is not None:
+            ladder = [16 << i for i in range(10)]
+            if self.knob == "nprobe":
+                ladder = [v for v in ladder if v < self.index.nlist] + [self.index.nlist]
+            for value in ladder:
+                self.set_breadth(value)
+                if self.recall_at(choose, k) >= target:
+                    break
+        self.recall = round(self.recall_at(held_out, k), 4)
+        out = {"recall": self.recall, "target_recall": target, "k": k, "queries": len(held_out)}
+        return {self.knob: self.breadth, **out} if self.knob is not None else out
 
     def save(self, path: str | Path) -> None:
         import faiss
@@ -155,17 +212,11 @@ class FaissIndex:
         extra = int(exclude.counts().max()) if exclude.nnz else 0  # excluded items may take slots
         want = min(n + extra, len(self.ids))
         q = np.asarray(queries, dtype=np.float32)
-        if self.mips == "l2":
-            q_index = np.ascontiguousarray(np.concatenate([q, np.zeros((len(q), 1), dtype=np.float32)], axis=1))
-        else:
-            q_index = np.ascontiguousarray(q)
-        _, pos = self.index.search(q_index, want)  # [B, want]
-        pos_t = torch.as_tensor(pos)
-        ids = torch.where(pos_t >= 0, self.ids[pos_t.clamp_min(0)], torch.full_like(pos_t, -1))  # [B, want]
+        ids = self._found(q, want)  # [B, want]
         # exact inner products of the found items (recovering them from the distances would lose
         # precision to cancellation in float32)
         found = self.items[ids.clamp_min(0)]  # [B, want, d]
-        scores_t = torch.einsum("bd,bwd->bw", torch.as_tensor(q), found).masked_fill(pos_t < 0, -torch.inf)
+        scores_t = torch.einsum("bd,bwd->bw", torch.as_tensor(q), found).masked_fill(ids < 0, -torch.inf)
         rows = torch.arange(len(queries)).unsqueeze(1).expand_as(ids)
         drop = (ids < 0) | exclude.contains(rows, ids.clamp_min(0))  # [B, want]
         scores_t = scores_t.masked_fill(drop, -torch.inf)

@@ -161,7 +161,7 @@ class Recommender:
         self.rerank = RERANKERS[rerank] if isinstance(rerank, str) else rerank
         self.candidates, self.content_candidates, self.recent = candidates, content_candidates, recent
         self.max_per_group = max_per_group
-        saved = (bundle.root / "index.faiss", bundle.manifest.get("index", {}).get("factory"))
+        saved = (bundle.root / "index.faiss", bundle.manifest.get("index"))  # its factory, tuned breadth, recall
         factory = INDEXES[index] if isinstance(index, str) else index
         self.index = factory(item_vectors=self.item_vectors, rankable=self.rankable, saved=saved, **(index_params or {}))
 

@@ -120,7 +120,13 @@ async def info(rec: Rec):
             # a run stopped by Ctrl-C / SIGTERM: its best checkpoint so far (None: it finished)
             "interrupted": card.get("interrupted"), "created": manifest.get("created"),
             "mmrec_version": card.get("mmrec_version"), "users": rec.num_users, "items": rec.num_items,
-            "index": rec.index.name, "rerank": getattr(rec.rerank, "func", rec.rerank).__name__,
+            "index": rec.index.name,
+            # an approximate index: its search breadth and the recall@k of the exact top measured at export
+            "index_search": ({"factory": rec.index.factory, "knob": rec.index.knob, "value": getattr(rec.index, "breadth", None),
+                              "recall": rec.index.recall,
+                              "recall_k": (rec.bundle.manifest.get("index") or {}).get("k")}
+                             if rec.index.name == "faiss" else None),
+            "rerank": getattr(rec.rerank, "func", rec.rerank).__name__,
             "text_queries": rec.visitors.text_queries, "limits": rec.limits.model_dump()}
 
 
