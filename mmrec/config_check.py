@@ -190,6 +190,7 @@ RULES: dict[str, Spec] = {
     "model.encoder.lambda_coeff": SHARE,
     "model.encoder.eps": WEIGHT,                         # SimGCL / XSimGCL: noise length
     "model.encoder.cl_weight": WEIGHT,                   # weight of a contrastive term
+    "model.encoder.reg_weight": WEIGHT,                  # BM3, MGCN: weight of the model's own regulariser term
     "model.encoder.cl_layer": NON_NEGATIVE,              # XSimGCL: l*, the contrasted layer
     "model.encoder.random_prune_share": SHARE,           # LayerGCN: steps pruned uniformly instead of by degree
     "model.encoder.concat": BOOL,

@@ -14,6 +14,9 @@ accepts in ``supported_fusions``; ``train.build`` refuses other combinations.
   :math:`\\sum_m w_m \\langle u_m, i_m\\rangle` with fixed or learned weights.
 * Graph-level fusion — ``graph_sum`` (:class:`GraphSumFusion`): a weighted sum of
   per-modality item-item graphs (FREEDOM, LATTICE).
+* Alignment without fusion — ``aligned`` (:class:`AlignedFusion`): each modality is projected
+  into the shared space and aligned with the ID representation by the objective; no fused
+  vector is scored (BM3).
 
 Missing modalities (``mask`` False in the feature store) are never zero vectors: the
 projector substitutes a learned per-modality *missing* embedding, attention and gates
@@ -75,6 +78,25 @@ class ModalityProjector(nn.Module):
             parts.append(torch.where(mask.unsqueeze(1), h, self.missing[m]))
             masks.append(mask)
         return torch.stack(parts), torch.stack(masks)
+
+
+class AlignedFusion(Fusion):
+    """Modalities projected into the shared space and kept apart: ``forward`` gives the projector's
+    ``(h [M, I, dim], mask [M, I])``; the model aligns each with its ID representation in its own
+    loss terms and scores without content (BM3)."""
+
+    name = "aligned"
+
+    def __init__(self, feature_dims: dict[str, int], dim: int, hidden: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.projector = ModalityProjector(feature_dims, dim, hidden, dropout)
+
+    @property
+    def names(self) -> list[str]:
+        return self.projector.names
+
+    def forward(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.projector(features)
 
 
 class EarlyFusion(Fusion):

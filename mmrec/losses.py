@@ -119,3 +119,17 @@ def cosine_alignment(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         target: ``[N, d]`` the target view (detached here: the stop-gradient of bootstrapping).
     """
     return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+
+
+def table_norm_loss(*tables: torch.Tensor) -> torch.Tensor:
+    r"""MMRec's ``EmbLoss`` (BM3's regulariser): the sum of the Frobenius norms (not squared) of
+    whole representation tables, divided by the number of rows of the last one:
+
+    .. math:: \mathcal{L} = \frac{1}{N_{last}} \sum_t \lVert T_t \rVert_F
+
+    Args:
+        tables: ``[N_t, d]`` tables (e.g. all users' and all items' propagated representations).
+    """
+    if not tables:
+        raise ValueError("table_norm_loss needs at least one table")
+    return sum(t.norm() for t in tables) / tables[-1].shape[0]

@@ -169,10 +169,10 @@ def test_search_space_names_real_keys_and_validation_metric(search):
     else:
         assert "model.optimizer.lr" in params and params["model.optimizer.lr"].startswith("tag(log")
         # a regularisation weight is searched: L2, or FREEDOM's per-modality BPR weight (its
-        # reg_weight; FREEDOM has no L2 term), or weight decay / dropout for the models with
-        # their own objective (two-tower, SASRec, BERT4Rec)
-        assert {"model.l2_weight", "model.encoder.modality_loss_weight", "model.optimizer.weight_decay",
-                "model.encoder.dropout"} & set(params)
+        # reg_weight; FREEDOM has no L2 term), a model's own regulariser term (BM3, MGCN:
+        # reg_weight), or weight decay / dropout for the models with their own objective
+        assert {"model.l2_weight", "model.encoder.modality_loss_weight", "model.encoder.reg_weight",
+                "model.optimizer.weight_decay", "model.encoder.dropout"} & set(params)
         assert "model.encoder.embedding_dim" in params
     for key, space in params.items():
         if key in GROUPS:  # a config-group choice: every option exists and the model accepts it
