@@ -176,7 +176,6 @@ RULES: dict[str, Spec] = {
     "model.l2_weight": WEIGHT,
     "model.encoder.factors": POSITIVE,                   # iALS
     "model.encoder.regularization": WEIGHT,
-    "model.encoder.alpha": _float(0.0, low_open=True),
     "model.encoder.iterations": POSITIVE,
     "model.encoder.embedding_dim": POSITIVE,
     "model.encoder.num_layers": NON_NEGATIVE,
@@ -191,6 +190,12 @@ RULES: dict[str, Spec] = {
     "model.encoder.eps": WEIGHT,                         # SimGCL / XSimGCL: noise length
     "model.encoder.cl_weight": WEIGHT,                   # weight of a contrastive term
     "model.encoder.reg_weight": WEIGHT,                  # BM3, MGCN: weight of the model's own regulariser term
+    "model.encoder.num_mm_layers": NON_NEGATIVE,         # LGMRec: modality hops
+    "model.encoder.num_hyper_layers": NON_NEGATIVE,      # LGMRec: hypergraph layers
+    "model.encoder.num_hyperedges": POSITIVE,            # LGMRec: hyperedges per modality
+    "model.encoder.keep_rate": _float(0.0, 1.0, low_open=True),   # LGMRec: share of hyperedge memberships kept
+    "model.encoder.alpha": _float(0.0, low_open=True),   # iALS confidence; LGMRec: weight of the global part
+    "model.encoder.user_knn_k": POSITIVE,                # DRAGON: co-occurring users per user
     "model.encoder.cl_layer": NON_NEGATIVE,              # XSimGCL: l*, the contrasted layer
     "model.encoder.random_prune_share": SHARE,           # LayerGCN: steps pruned uniformly instead of by degree
     "model.encoder.concat": BOOL,

@@ -182,6 +182,7 @@ def assemble(cfg: DictConfig) -> Run:
                               f"extract features or pick an ID model.")
         kwargs.update(features=features, fusion=fusion)
     model: GraphRecommender = instantiate(cfg.model.encoder, **kwargs)
+    model.prepare(data.graph)  # constant structure from the training graph (e.g. DRAGON's user-user graph)
     if model.fitted:  # closed-form models (iALS), for training and export alike
         start = time.time()
         model.fit(data.graph)

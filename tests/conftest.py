@@ -108,3 +108,18 @@ class RaiseAt:
                     raise exc(f"raised by the test at epoch {epoch}")
 
         return _Raise()
+
+
+def random_graph(num_users: int, num_items: int, nnz: int = 60, cold: int | None = None, seed: int = 0):
+    """A small random training graph (``nnz`` distinct pairs drawn at random) in which item ``cold``
+    has no interaction: the shared fixture of the model tests."""
+    import torch
+
+    from mmrec.core.interactions import InteractionMatrix
+    from mmrec.graph.bipartite import BipartiteGraph
+
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randperm(num_users * num_items, generator=g)[:nnz]
+    if cold is not None:
+        keys = keys[keys % num_items != cold]
+    return BipartiteGraph(InteractionMatrix(keys // num_items, keys % num_items, num_users, num_items))

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from conftest import compose_cfg
-from mmrec.core.interactions import InteractionMatrix
+from conftest import random_graph, compose_cfg
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss
 from mmrec.models import LightGCN
@@ -25,10 +24,7 @@ COLD = 14  # the item without training interactions in the `graph` fixture
 
 @pytest.fixture
 def graph():
-    g = torch.Generator().manual_seed(0)
-    keys = torch.randperm(U * I, generator=g)[:60]
-    keys = keys[keys % I != COLD]
-    return BipartiteGraph(InteractionMatrix(keys // I, keys % I, U, I))
+    return random_graph(U, I, cold=COLD)
 
 
 def _models():
@@ -100,6 +96,7 @@ def test_simgcl_bpr_tables_are_clean_and_views_are_two_noise_draws(graph):
     clean_u, clean_i = model(graph)
     assert torch.equal(user_emb, clean_u) and torch.equal(item_emb, clean_i)
     (ua, ia), (ub, ib) = views["view_a"], views["view_b"]
+    assert torch.equal(ib[COLD], torch.zeros(D))
     assert not torch.allclose(ua, ub) and not torch.allclose(ua, clean_u)
     assert torch.equal(ia[COLD], torch.zeros(D))  # cold: zero ID, no edges, no noise
 

@@ -8,12 +8,12 @@ from functools import partial
 
 import pytest
 import torch
+
+from conftest import random_graph
 import torch.nn.functional as F
 
-from mmrec.core.interactions import InteractionMatrix
 from mmrec.features.featureset import FeatureSet
 from mmrec.fusion import AlignedFusion, AttentionFusion
-from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import table_norm_loss
 from mmrec.models.base import TrainingStep
 from mmrec.models.bm3 import BM3
@@ -26,10 +26,7 @@ MISSING_IMAGE = [2, 5]  # items without an image
 
 @pytest.fixture
 def graph():
-    g = torch.Generator().manual_seed(0)
-    keys = torch.randperm(U * I, generator=g)[:60]
-    keys = keys[keys % I != COLD]
-    return BipartiteGraph(InteractionMatrix(keys // I, keys % I, U, I))
+    return random_graph(U, I, cold=COLD)
 
 
 def _features(image: torch.Tensor | None = None) -> FeatureSet:

@@ -200,8 +200,11 @@ class RecModule(L.LightningModule):
             loss_bpr = u.new_zeros(())
         # the batch's rows of each layer-0 block, side by side (never a full-size concatenation)
         user_blocks, item_blocks = self.encoder.ego_embeddings()
-        user_ego = torch.cat([b.index_select(0, users) for b in user_blocks], dim=1)  # [B, d_u]
-        item_ego_rows = torch.cat([b[items] for b in item_blocks], dim=-1)  # [B, 1 + K, d_i]
+        # (a side without free parameters has no blocks: zero-width rows, an L2 part of 0)
+        user_ego = torch.cat([b.index_select(0, users) for b in user_blocks], dim=1) if user_blocks \
+            else u.new_zeros(len(users), 0)  # [B, d_u]
+        item_ego_rows = torch.cat([b[items] for b in item_blocks], dim=-1) if item_blocks \
+            else u.new_zeros(*items.shape, 0)  # [B, 1 + K, d_i]
         loss_reg = l2_batch(user_ego, item_ego_rows[:, 0], item_ego_rows[:, 1:])
         zero = loss_reg.new_zeros(())  # a term not computed (direct calls in tests) counts 0
         terms = [(extra or {}).get(name, zero) for name in self.encoder.loss_terms]

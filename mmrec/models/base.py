@@ -134,8 +134,8 @@ class GraphRecommender(nn.Module):
     def ego_embeddings(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Layer-0 (free) user and item parameters that the L2 term regularises: for each side,
         its tables as column blocks (``[U, d_k]`` / ``[I, d_k]``), regularised as if they were
-        concatenated. The caller gathers the batch's rows of each block, so no full-size
-        concatenation is built every step."""
+        concatenated; a side without free parameters gives ``()`` (DRAGON's items). The caller
+        gathers the batch's rows of each block, so no full-size concatenation is built every step."""
         raise NotImplementedError
 
     def score_pairs(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
@@ -160,6 +160,12 @@ class GraphRecommender(nn.Module):
         """The model's own loss terms ``{name: scalar}`` for :attr:`loss_terms`, before their
         :attr:`loss_weights`; none by default."""
         return {}
+
+    def prepare(self, graph: BipartiteGraph) -> None:
+        """Build constant structure from the training graph (DRAGON's user-user graph), once, when
+        the run is assembled (training and export alike), before any forward; nothing by default.
+        Constructors receive features, not the graph: a model needing the graph's structure builds
+        it here, and ``forward`` never fills a cache."""
 
     def fit(self, graph: BipartiteGraph) -> None:
         """Closed-form fit on the training graph (models with :attr:`fitted`)."""
