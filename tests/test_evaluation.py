@@ -1,5 +1,7 @@
 """Full-ranking evaluation: masking, oracle and random models, chunking."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -207,6 +209,36 @@ def test_ranked_hits_break_ties_by_item_id(case):
     assert not out[:, n_items:].any()  # a list longer than the catalogue has no hit past its end
     if case == "constant":  # equal scores are not all hits: ranked by item id
         assert out.sum() < truth.nnz
+
+
+@pytest.mark.parametrize("case", ["ties", "constant", "infinite", "nan"])
+def test_top_items_order_ties_by_item_id_as_the_rank_count_does(case):
+    """The lists shown (top_items) and the hits counted (ranked_hits) agree also where scores are
+    equal (popularity, content kNN): the stable descending sort's order, lower ids first."""
+    g = torch.Generator().manual_seed(6)
+    n_users, n_items, k = 40, 50, 10
+    scores = torch.randint(0, 4, (n_users, n_items), generator=g).float()  # many ties, at the cut too
+    if case == "constant":
+        scores = torch.zeros(n_users, n_items)
+    if case == "infinite":
+        scores[scores == 3] = torch.inf
+        scores[scores == 0] = -torch.inf
+    if case == "nan":
+        scores[scores == 1] = torch.nan
+    keys = torch.randperm(n_users * n_items, generator=g)[: n_users * n_items // 5]
+    history = InteractionMatrix(keys // n_items, keys % n_items, n_users, n_items)
+    users = torch.arange(n_users)
+    masked = scores.clone()
+    row, col = history.gather(users)
+    masked[row, col] = -torch.inf
+    masked = masked.masked_fill(masked.isnan(), -torch.inf)
+    expected = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+    for block in (None, 7):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the NaN warning, tested elsewhere
+            ids, values = top_items(lambda us: scores[us].clone(), users, [history], k, block=block)
+        assert torch.equal(ids, expected), block
+        assert torch.equal(values, masked.gather(1, expected)), block
 
 
 def test_ranked_hits_rank_nan_last_and_warn():

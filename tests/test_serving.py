@@ -20,7 +20,9 @@ from mmrec.serving.catalogue import Catalogue
 from mmrec.serving.limits import Limits
 from mmrec.serving.recommender import RecommendError, Recommender, UnknownIdError, fold_in
 
-MODELS = ["lightgcn", "freedom", "vbpr", "mmgcn", "grcn", "lattice", "pop", "random"]
+MODELS = ["lightgcn", "freedom", "vbpr", "mmgcn", "grcn", "lattice", "pop", "random",
+          # the self-supervised and newer models (issue 27)
+          "mf", "simgcl", "xsimgcl", "layergcn", "bm3", "mgcn", "lgmrec", "dragon", "itemknn_cbf"]
 
 
 def _train(root: Path, data_dir: Path, model: str):
@@ -57,6 +59,13 @@ def test_every_model_exports_and_bundle_scores_equal_the_models(tmp_path, data_d
     card = bundle.card
     assert card["dataset"] and card["metrics"]["test/recall@20"] >= 0 and card["mmrec_version"]
     assert (card["best_epoch"] is not None) == module.encoder.trainable
+    # what a known user is shown is what evaluation ranked (training + validation items masked)
+    rec = Recommender.load(bundle.root)
+    users = torch.arange(0, rec.num_users, 7)
+    with torch.no_grad():
+        top, _ = module.recommend(users, 10, split="known")
+    served = rec.recommend(rec.user_raw[users.numpy()].tolist(), k=10)
+    assert [[rec.item_index[r.item] for r in recs] for recs in served] == top.tolist()
 
 
 def test_served_list_is_the_evaluated_list_and_never_shows_history(runs):

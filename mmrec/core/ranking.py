@@ -63,6 +63,10 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
 
     NaN scores (a diverged model) are ranked last, as ``-inf``, with a ``RuntimeWarning``:
     ranking them first, as ``torch.topk`` does, would recommend arbitrary items.
+
+    Equal scores are ordered by item id, lower first (a stable descending sort's order, the one
+    the evaluation's rank count uses): ``torch.topk`` orders ties arbitrarily, so a model with many
+    equal scores (popularity, content kNN) would otherwise show one list and count another.
     """
     block = block or max(len(users), 1)
     unknown_ids = unknown.nonzero().squeeze(1) if unknown is not None else None  # [n_unknown]
@@ -81,6 +85,33 @@ def top_items(score_fn: Callable[[torch.Tensor], torch.Tensor], users: torch.Ten
             warnings.warn(f"{int(nan_mask.sum())} NaN scores among {len(us)} ranked users were ranked last: "
                           f"non-finite user or item vectors (a diverged model, or damaged vectors)", RuntimeWarning,
                           stacklevel=2)
+        top_values, top_ids = _ties_by_id(scores, top_values, top_ids)
         ids.append(top_ids)
         values.append(top_values)
     return torch.cat(ids), torch.cat(values)
+
+
+def _ties_by_id(scores: torch.Tensor, top_values: torch.Tensor, top_ids: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk``'s result ``[b, k]`` over ``scores`` ``[b, I]`` (NaN already -inf in the
+    top) made deterministic: among equal scores the lower item ids, in id order."""
+    b, k = top_ids.shape
+    if k == 0 or b == 0:
+        return top_values, top_ids
+    cut = top_values[:, -1:]  # [b, 1] the k-th score
+    # rows where more items reach the k-th score than the top holds: which tied items made the cut is
+    # arbitrary there, so those rows take the lowest ids among the tied (rare with learned scores)
+    over = (scores >= cut).sum(dim=1) > k  # [b]
+    if bool(over.any()):
+        rows = over.nonzero().squeeze(1)
+        sub, t = scores[rows], cut[rows]  # [n, I], [n, 1]
+        tied = sub == t  # [n, I]
+        need = k - (sub > t).sum(dim=1, keepdim=True)  # [n, 1] tied items that fit
+        take = (sub > t) | (tied & (tied.cumsum(dim=1) <= need))  # [n, I], exactly k per row
+        chosen = take.nonzero()[:, 1].view(len(rows), k)  # [n, k] ascending ids
+        top_ids[rows], top_values[rows] = chosen, sub.gather(1, chosen)
+    # order: score descending, equal scores by id (ids ascending first, then a stable sort by score)
+    by_id = top_ids.argsort(dim=1)
+    top_ids, top_values = top_ids.gather(1, by_id), top_values.gather(1, by_id)
+    order = torch.sort(top_values, dim=1, descending=True, stable=True).indices
+    return top_values.gather(1, order), top_ids.gather(1, order)

@@ -45,7 +45,7 @@ class TrainingStep:
 
 
 class GraphRecommender(nn.Module):
-    """Base class: ``forward(graph, features) -> (user_emb [U, d], item_emb [I, d])``.
+    r"""Base class: ``forward(graph, features) -> (user_emb [U, d], item_emb [I, d])``.
 
     The objective of a training step (:class:`mmrec.lit.module.RecModule`, one place) is
 
