@@ -74,11 +74,12 @@ def build_loop(cfg: DictConfig) -> dict[str, Any]:
 def build_module(cfg: DictConfig) -> dict[str, Any]:
     """The assembled run (:func:`mmrec.run.assemble`), its LightningModule and DataModule: what the
     training loop drives. ``{"run", "module", "datamodule", "encoder", "cfg"}``."""
-    from mmrec.lit.datamodule import RecDataModule
-    from mmrec.lit.module import RecModule
     from mmrec.run import assemble
 
-    run = assemble(cfg)
+    run = assemble(cfg)  # before Lightning is imported: a data problem is reported without its import time
+    from mmrec.lit.datamodule import RecDataModule
+    from mmrec.lit.module import RecModule
+
     model = run.model
     # a history model's batch is users (model.users_per_batch); every other model's, training pairs
     per_batch = cfg.model.get("users_per_batch") if model.train_unit == "users" else run.spec.pairs_per_batch
@@ -116,10 +117,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from mmrec.lit.callbacks import EpochStats
 
     torch.set_float32_matmul_precision("high")  # TF32 matrix products on GPUs that have them
     if cfg.get("keep_freed_memory"):
@@ -138,6 +135,11 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
                                                         objects["module"].state_dict())):
         raise RunFolderError(problem)  # another dataset, other shapes
     del state
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from mmrec.lit.callbacks import EpochStats
+
     tmp = out_dir / f".config.yaml.tmp-{os.getpid()}"
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, out_dir / "config.yaml")
