@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -123,3 +124,15 @@ def random_graph(num_users: int, num_items: int, nnz: int = 60, cold: int | None
     if cold is not None:
         keys = keys[keys % num_items != cold]
     return BipartiteGraph(InteractionMatrix(keys // num_items, keys % num_items, num_users, num_items))
+
+
+def info_nce_by_hand(a, b, tau: float) -> float:
+    """-1/N sum_n log( exp(cos(a_n, b_n)/tau) / sum_m exp(cos(a_n, b_m)/tau) ), with loops: the
+    reference the vectorised InfoNCE terms of the self-supervised models are tested against."""
+    import torch.nn.functional as F
+
+    total = 0.0
+    for n in range(len(a)):
+        sims = [float(F.cosine_similarity(a[n], b[m], dim=0)) / tau for m in range(len(b))]
+        total -= sims[n] - math.log(sum(math.exp(s) for s in sims))
+    return total / len(a)

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from conftest import random_graph, compose_cfg
+from conftest import compose_cfg, info_nce_by_hand, random_graph
 from mmrec.graph.bipartite import BipartiteGraph
 from mmrec.losses import bpr_loss
 from mmrec.models import LightGCN
@@ -45,15 +44,6 @@ def _dense(blocks, num_users: int, num_items: int) -> torch.Tensor:
     top = torch.cat([torch.zeros(num_users, num_users), ui], dim=1)
     bottom = torch.cat([iu, torch.zeros(num_items, num_items)], dim=1)
     return torch.cat([top, bottom])
-
-
-def _info_nce_by_hand(a: torch.Tensor, b: torch.Tensor, tau: float) -> float:
-    """-1/N sum_n log( exp(cos(a_n, b_n)/tau) / sum_m exp(cos(a_n, b_m)/tau) ), with loops."""
-    total = 0.0
-    for n in range(len(a)):
-        sims = [float(F.cosine_similarity(a[n], b[m], dim=0)) / tau for m in range(len(b))]
-        total -= sims[n] - math.log(sum(math.exp(s) for s in sims))
-    return total / len(a)
 
 
 def _step(model, graph, users, items):
@@ -109,11 +99,11 @@ def test_simgcl_contrastive_term_is_infonce_over_distinct_users_and_positives(gr
     cl = model.extra_losses(step)["cl"]
     (ua, ia), (ub, ib) = step.views["view_a"], step.views["view_b"]
     du, di = [0, 3, 5], [1, 4, 7]
-    expected = (_info_nce_by_hand(ua[du].detach(), ub[du].detach(), 0.2)
-                + _info_nce_by_hand(ia[di].detach(), ib[di].detach(), 0.2))
+    expected = (info_nce_by_hand(ua[du].detach(), ub[du].detach(), 0.2)
+                + info_nce_by_hand(ia[di].detach(), ib[di].detach(), 0.2))
     assert cl.item() == pytest.approx(expected, rel=1e-5)
-    with_repeats = (_info_nce_by_hand(ua[users].detach(), ub[users].detach(), 0.2)
-                    + _info_nce_by_hand(ia[items[:, 0]].detach(), ib[items[:, 0]].detach(), 0.2))
+    with_repeats = (info_nce_by_hand(ua[users].detach(), ub[users].detach(), 0.2)
+                    + info_nce_by_hand(ia[items[:, 0]].detach(), ib[items[:, 0]].detach(), 0.2))
     assert with_repeats != pytest.approx(expected, rel=1e-3)  # the distinct rows matter
     cl.backward()
     assert model.user_embedding.weight.grad.abs().sum() > 0
@@ -147,8 +137,8 @@ def test_xsimgcl_contrastive_term_is_cross_layer_infonce(graph):
     step = _step(model, graph, users, items)
     cl = model.extra_losses(step)["cl"]
     lu, li = step.views["cl_view"]
-    expected = (_info_nce_by_hand(step.user_emb[[2, 7]].detach(), lu[[2, 7]].detach(), 0.15)
-                + _info_nce_by_hand(step.item_emb[[3, 5]].detach(), li[[3, 5]].detach(), 0.15))
+    expected = (info_nce_by_hand(step.user_emb[[2, 7]].detach(), lu[[2, 7]].detach(), 0.15)
+                + info_nce_by_hand(step.item_emb[[3, 5]].detach(), li[[3, 5]].detach(), 0.15))
     assert cl.item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 
-from conftest import random_graph
+from conftest import random_graph, info_nce_by_hand
 import torch.nn.functional as F
 
 from mmrec.features.featureset import FeatureSet
@@ -73,14 +73,6 @@ def _cos_loss_by_hand(online: torch.Tensor, target: torch.Tensor) -> float:
     """1 - mean_n cos(online_n, target_n), with a loop."""
     sims = [float(online[n] @ target[n] / (online[n].norm() * target[n].norm())) for n in range(len(online))]
     return 1.0 - sum(sims) / len(sims)
-
-
-def _info_nce_by_hand(a: torch.Tensor, b: torch.Tensor, tau: float) -> float:
-    total = 0.0
-    for n in range(len(a)):
-        sims = [float(F.cosine_similarity(a[n], b[m], dim=0)) / tau for m in range(len(b))]
-        total -= sims[n] - math.log(sum(math.exp(s) for s in sims))
-    return total / len(a)
 
 
 def _step(model, graph, features, users, items):
@@ -295,7 +287,7 @@ def test_mgcn_losses_match_hand_computation(graph, features):
     ui, side = _mgcn_by_hand(model, graph, features)
     users = torch.unique(USERS)  # user 3 is drawn twice: one row
     pos = torch.unique(items[:, 0]) + U
-    cl = _info_nce_by_hand(side[pos], ui[pos], 0.3) + _info_nce_by_hand(side[users], ui[users], 0.3)
+    cl = info_nce_by_hand(side[pos], ui[pos], 0.3) + info_nce_by_hand(side[users], ui[users], 0.3)
     assert terms["cl"].item() == pytest.approx(cl, abs=1e-4)
     final = ui + side
     u, p, n = final[USERS], final[items[:, 0] + U], final[items[:, 1] + U]
