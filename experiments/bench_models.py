@@ -88,14 +88,20 @@ def _name(dataset: str, model: str, fusion: str, sampler: str, seed: int, tag: s
 
 
 def collect(dataset: str, rows: list[tuple[str, str, str]], seeds: list[int], tag: str = "") -> dict[str, list[dict]]:
-    """Completed runs of ``rows`` x ``seeds`` found under logs/bench (for --report-only)."""
+    """Completed runs of ``rows`` x ``seeds`` found under logs/bench (for --report-only); a run
+    stopped by a signal (its metrics.json says ``interrupted``) is not complete: left out, named."""
     results = {}
     for model, fusion, sampler in rows:
         runs = []
         for seed in seeds:
             path = OUT / _name(dataset, model, fusion, sampler, seed, tag) / "metrics.json"
             if path.exists():
-                runs.append(json.loads(path.read_text()))
+                record = json.loads(path.read_text())
+                if record.get("interrupted"):
+                    print(f"left out {path.parent}: interrupted ({record['interrupted']}) after "
+                          f"{record.get('epochs_trained')} epochs; move it away and rerun that seed", file=sys.stderr)
+                    continue
+                runs.append(record)
         if runs:
             results[f"{model}/{fusion}/{sampler}"] = runs
     return results

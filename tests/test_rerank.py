@@ -84,3 +84,22 @@ def test_bad_arguments_and_category_cap():
     assert cap_per_group(order, groups, 2, 4).tolist() == [0, 1, 3, 4]
     assert cap_per_group(order, groups, 1, 5).tolist() == [0, 3, 4]  # fewer than k when the rule says so
     assert list(itertools.islice(cap_per_group(order, groups, 5, 2).tolist(), 2)) == [0, 1]
+
+
+def test_configured_rerankers_are_built_once_and_rank_as_the_functions():
+    """conf/rerank builds a plain object at load: a Hydra ``_partial_`` re-checks Hydra's target
+    policy (a SHA-256 of it) on every request, which cost the service a share of its CPU."""
+    import functools
+    from importlib.resources import files
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    g = torch.Generator().manual_seed(3)
+    vectors = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    rel, sim = torch.rand(40, generator=g), vectors @ vectors.T
+    for name, function in (("mmr", mmr), ("dpp", dpp)):
+        reranker = instantiate(OmegaConf.load(files("mmrec") / "conf" / "rerank" / f"{name}.yaml"))
+        assert not isinstance(reranker, functools.partial), name
+        for d in (0.0, 0.4):
+            assert torch.equal(reranker(rel, sim, 10, d), function(rel, sim, 10, d)), (name, d)

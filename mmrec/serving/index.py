@@ -51,15 +51,19 @@ class ExactIndex:
 
     def __init__(self, item_vectors: torch.Tensor, rankable: torch.Tensor, block: int = 128,
                  saved: tuple[Path, dict | None] | None = None):
-        # ``saved`` (a bundle's FAISS index) is not needed: exact search reads the vectors
-        self.items = item_vectors
+        # ``saved`` (a bundle's FAISS index) is not needed: exact search reads the vectors.
+        # The vectors are kept transposed and contiguous, [d, I]: a few queries against the
+        # [I, d] layout's transposed view take MKL's slow path on this CPU (one query against
+        # 100k x 64: about 3x the time; bench_serve_load.py). Built once before workers fork,
+        # the copy is shared by them.
+        self.items_t = item_vectors.T.contiguous()  # [d, I]
         self.unrankable = ~rankable if not bool(rankable.all()) else None
         self.block = block
 
     def search(self, queries: torch.Tensor, n: int, exclude: RowItems) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.arange(len(queries))
-        n = min(n, self.items.shape[0])
-        ids, scores = top_items(lambda r: queries[r] @ self.items.T, rows, [exclude], n, self.unrankable,
+        n = min(n, self.items_t.shape[1])
+        ids, scores = top_items(lambda r: queries[r] @ self.items_t, rows, [exclude], n, self.unrankable,
                                 self.block)  # [B, n]
         return _empty_slots(ids, scores)
 

@@ -11,6 +11,7 @@ loops run in NumPy: on a few hundred candidates a torch call's fixed cost is mos
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -130,6 +131,38 @@ def cap_per_group(order: torch.Tensor, groups: list[str | None], cap: int, k: in
         if len(kept) == k:
             break
     return torch.tensor(kept, dtype=torch.long)
+
+
+class MMR:
+    """:func:`mmr` as an object the ``rerank`` config builds once at load, called per request
+    with ``(relevance, similarity, k, diversity)``. (A Hydra ``_partial_`` would re-check
+    Hydra's target policy on every call: a SHA-256 of the policy per request.)"""
+
+    name = "mmr"
+
+    def __call__(self, relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity: float) -> torch.Tensor:
+        return mmr(relevance, similarity, k, diversity)
+
+
+class DPP:
+    """:func:`dpp` as an object built once at load (see :class:`MMR`); ``eps``: the smallest
+    marginal gain that still adds an item."""
+
+    name = "dpp"
+
+    def __init__(self, eps: float = 1e-10):
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def __call__(self, relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity: float) -> torch.Tensor:
+        return dpp(relevance, similarity, k, diversity, eps=self.eps)
+
+
+def reranker_name(rerank: Callable) -> str:
+    """What ``GET /info`` calls a re-ranker: a config-built object's ``name``, a function's name."""
+    target = getattr(rerank, "func", rerank)  # a functools.partial: what it calls
+    return getattr(rerank, "name", None) or getattr(target, "__name__", type(target).__name__)
 
 
 RERANKERS = {"mmr": mmr, "dpp": dpp}

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from mmrec.serving.recommender import Recommendation, Recommender
+from mmrec.serving.rerank import reranker_name
 
 #: how the field descriptions refer to the limits (their values: ``GET /info``)
 _K = "list length, 1 .. limits.max_k"
@@ -126,7 +127,7 @@ async def info(rec: Rec):
                               "recall": rec.index.recall,
                               "recall_k": (rec.bundle.manifest.get("index") or {}).get("k")}
                              if rec.index.name == "faiss" else None),
-            "rerank": getattr(rec.rerank, "func", rec.rerank).__name__,
+            "rerank": reranker_name(rec.rerank),
             "text_queries": rec.visitors.text_queries, "limits": rec.limits.model_dump()}
 
 
