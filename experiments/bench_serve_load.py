@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -202,16 +203,18 @@ def main() -> None:
     rng = random.Random(0)
     chosen = [rng.choice(users) for _ in range(20000)]
     tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
-    services = {kind: start(kind, bundle, args.workers) for kind in ("mmrec", "reference")}
+    services: dict[str, tuple[subprocess.Popen, int]] = {}
     rows = [{"label": "mmrec top-20", "kind": "mmrec", "extra": ""},
             {"label": "mmrec MMR 20 of 200", "kind": "mmrec", "extra": "&diversity=0.3"},
             {"label": "reference top-20", "kind": "reference", "extra": ""}]
     load0 = os.getloadavg()[0]
     try:
-        for row in rows:
+        for kind in ("mmrec", "reference"):  # inside the try: a second start that fails stops the first
+            services[kind] = start(kind, bundle, args.workers)
+        for n, row in enumerate(rows):
             proc, port = services[row["kind"]]
             paths = [f"/users/{u}/recommendations?k=20{row['extra']}" for u in chosen]
-            row["paths"] = str(tmp / f"{len(row['label'])}_{row['kind']}.txt")
+            row["paths"] = str(tmp / f"paths_{n}.txt")
             Path(row["paths"]).write_text("\n".join(paths))
             asyncio.run(closed_loop(port, paths, 4, 3.0))  # warm-up
             row["single"] = asyncio.run(single_client(port, paths))
@@ -232,6 +235,7 @@ def main() -> None:
     finally:
         for proc, _ in services.values():
             stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()[0]
     header = ("| service | single client p50 / p95 / p99 ms | "
               + " | ".join(f"{r}/s p50 / p99 ms (err+timeout)" for r in args.rates)

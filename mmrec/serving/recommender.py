@@ -158,7 +158,7 @@ class Recommender:
         self.similarity_vectors = unit(bundle_tensor(a["content_vectors"]).float() if self.has_content
                                        else self.item_vectors.float())  # [I, D]
         self.visitors = VisitorEncoder(bundle, self.item_vectors, self.rankable, fold_in, fold_in_reg, query_items)
-        self.rerank = RERANKERS[rerank] if isinstance(rerank, str) else rerank
+        self.rerank = RERANKERS[rerank]() if isinstance(rerank, str) else rerank
         self.candidates, self.content_candidates, self.recent = candidates, content_candidates, recent
         self.max_per_group = max_per_group
         saved = (bundle.root / "index.faiss", bundle.manifest.get("index"))  # its factory, tuned breadth, recall

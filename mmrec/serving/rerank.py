@@ -160,10 +160,11 @@ class DPP:
 
 
 def reranker_name(rerank: Callable) -> str:
-    """What ``GET /info`` calls a re-ranker: a config-built object's ``name``, a function's name."""
+    """What ``GET /info`` calls a re-ranker: a built-in one's ``name``; a user's function (or
+    ``functools.partial``) by the name of what it calls."""
     target = getattr(rerank, "func", rerank)  # a functools.partial: what it calls
     return getattr(rerank, "name", None) or getattr(target, "__name__", type(target).__name__)
 
 
-RERANKERS = {"mmr": mmr, "dpp": dpp}
-"""Re-rankers by config name (``conf/rerank``)."""
+RERANKERS = {"mmr": MMR, "dpp": DPP}
+"""Re-ranker classes by config name (``conf/rerank`` builds the same classes)."""
