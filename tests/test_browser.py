@@ -126,6 +126,8 @@ def test_new_visitor_likes_three_items(page):
     for n in range(3):
         page.locator("#search-results .like").nth(n).click()
     page.wait_for_function("document.querySelectorAll('#liked .chip').length === 3")
+    # the list asked with all three likes (the answers to the first two may come first)
+    page.wait_for_function("document.querySelector('#recs').dataset.liked === '3'")
     page.wait_for_function("document.querySelectorAll('#recs .card').length === 10")
     assert page.text_content("#recs-title") == "Recommended for you"
     liked = page.eval_on_selector_all("#search-results .card", "cs => cs.slice(0, 3).map(c => c.dataset.item)")

@@ -60,8 +60,13 @@ function card(item, extra) {
 function diversity() { return parseFloat($("diversity").value); }
 function k() { return parseInt($("k").value, 10); }
 
-function renderRecs(data, note) {
+// Every list request takes the next number; a response is shown only if no later request was made
+// (three quick likes send three requests, and an older answer must not replace a newer one).
+let recsRequests = 0;
+
+function renderRecs(data, note, liked) {
   const grid = $("recs");
+  grid.dataset.liked = String(liked);  // how many liked items the list shown was asked with (0 for a user)
   grid.replaceChildren();
   for (const r of data.items) {
     const why = r.because_title ? "because of " + r.because_title : "";
@@ -75,15 +80,17 @@ async function loadUser(user) {
   clearError();
   state.user = user;
   $("user-id").value = user;
+  const request = ++recsRequests;
   try {
     const [history, recs] = await Promise.all([
       api("/users/" + encodeURIComponent(user) + "/history?limit=12"),
       api("/users/" + encodeURIComponent(user) + "/recommendations?k=" + k() + "&diversity=" + diversity()),
     ]);
+    if (request !== recsRequests) return;  // a later request is on its way
     $("history-title").hidden = false;
     $("history").replaceChildren(...history.map((it) => card(it)));
     $("recs-title").textContent = "Recommended for user " + user;
-    renderRecs(recs, "");
+    renderRecs(recs, "", 0);
   } catch (err) {
     showError(err.message);
   }
@@ -92,10 +99,13 @@ async function loadUser(user) {
 async function loadVisitor() {
   clearError();
   if (!state.liked.length && !state.query) {
+    ++recsRequests;  // an answer still on its way is for likes no longer there
     $("recs").replaceChildren();
     $("recs-note").textContent = "like a few items or say what you look for";
     return;
   }
+  const request = ++recsRequests;
+  const liked = state.liked.length;
   try {
     const recs = await api("/recommendations", {
       method: "POST",
@@ -103,9 +113,10 @@ async function loadVisitor() {
       body: JSON.stringify({ items: state.liked.map((x) => x.item), query: state.query || null,
                              k: k(), diversity: diversity() }),
     });
+    if (request !== recsRequests) return;  // a later request is on its way
     $("recs-title").textContent = "Recommended for you";
     const fromContent = recs.items.some((r) => r.source === "content");
-    renderRecs(recs, fromContent ? "the model knows none of these items: similar items by content" : "");
+    renderRecs(recs, fromContent ? "the model knows none of these items: similar items by content" : "", liked);
   } catch (err) {
     showError(err.message);
   }
