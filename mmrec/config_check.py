@@ -154,6 +154,11 @@ RULES: dict[str, Spec] = {
     "dataset.source.misleading_text_share": SHARE,
     "dataset.source.feature_dim": POSITIVE,
     "dataset.source.seed": SEED,
+    # dataset sources: the synthetic (Amazon-shaped) generator
+    "dataset.source.num_interactions": POSITIVE,
+    "dataset.source.user_exponent": _float(0.0),
+    "dataset.source.item_exponent": _float(0.0),
+    "dataset.source.chunk_items": POSITIVE,
     # dataset sources: real data (MovieLens cold split, Amazon 2023 download, split and images)
     "dataset.source.cold_items": PROPER_SHARE,
     "dataset.source.cold_seed": SEED,
