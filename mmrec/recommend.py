@@ -43,12 +43,17 @@ def recommend(cfg: DictConfig) -> list[Recommendation]:
         items = [str(i) for i in items] if OmegaConf.is_list(items) or isinstance(items, list) else [str(items)]
         return rec.recommend_for_items(items, k=cfg.k, exclude=exclude, diversity=cfg.diversity)
     if kind == "query":
-        return rec.recommend_for_text(str(cfg.query), k=cfg.k, exclude=exclude, diversity=cfg.diversity)
+        answer = rec.answer_visitor(None, str(cfg.query), k=cfg.k, exclude=exclude, diversity=cfg.diversity)
+        if answer.notice:
+            print(f"note: {answer.notice}", file=sys.stderr)
+        return answer.items
     return rec.similar_items(str(cfg.similar), k=cfg.k)
 
 
-def format_table(recs: list[Recommendation]) -> str:
-    """A plain table: rank, id, title, score, because of (title of the history item most like it)."""
+def format_table(recs: list[Recommendation], similar: bool = False) -> str:
+    """A plain table: rank, id, title, score, because of (title of the history item most like it).
+    ``similar``: the list of ``similar=<id>``, which compares content on purpose (its footnote
+    says so instead of "the model cannot score these items")."""
     rows: list[list[Any]] = [["rank", "id", "title", "score", "because of"]]
     for r in recs:
         because = "" if r.because is None else f"{r.because_title} ({r.because})"
@@ -56,7 +61,9 @@ def format_table(recs: list[Recommendation]) -> str:
     widths = [min(max(len(str(row[c])) for row in rows), 48) for c in range(len(rows[0]))]
     lines = ["  ".join(str(v)[:w].ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    if any(r.source == "content" for r in recs):
+    if similar and any(r.source == "content" for r in recs):
+        lines.append("* similarity of the items' content (image / text) to the given item, not the model's score")
+    elif any(r.source == "content" for r in recs):
         lines.append("* by content similarity alone: the model cannot score these items")
     return "\n".join(lines)
 
@@ -69,7 +76,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.format == "json":
         print(json.dumps([r.as_dict() for r in recs], indent=2))
     elif cfg.format == "table":
-        print(format_table(recs) if recs else "(no recommendations)")
+        print(format_table(recs, similar=cfg.get("similar") not in (None, "")) if recs else "(no recommendations)")
     else:
         print(f"error: format={cfg.format!r}: use table or json", file=sys.stderr)
         sys.exit(2)

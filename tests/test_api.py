@@ -65,6 +65,9 @@ def test_new_visitor_items_query_and_both(client):
     assert query["matched"][0] == "i9" and len(query["items"]) == 5
     both = client.post("/recommendations", json={"items": ["i1"], "query": text, "k": 5}).json()
     assert len(both["items"]) == 5
+    assert query["notice"] is None and both["notice"] is None
+    odd = client.post("/recommendations", json={"query": "zzqx blorfw", "k": 5}).json()  # no word any item has
+    assert "no item's text contains any word" in odd["notice"] and len(odd["items"]) == 5
 
 
 def test_items_search_image_and_similar(client):

@@ -142,6 +142,23 @@ def test_new_visitor_from_liked_items_and_text(runs):
     assert "i7" not in {r.item for r in similar} and all(r.because == "i7" for r in similar)
 
 
+def test_a_query_explains_by_other_items_and_says_when_no_word_is_known(runs):
+    """A query's matched items may be recommended; none is shown "because of" itself (they stand
+    in for history), and a query none of whose words any item's text has gets a notice."""
+    from mmrec.serving.rerank import DPP
+
+    rec = Recommender.load(runs["freedom"][1], rerank=DPP())
+    text = rec.bundle.items["text"][7]
+    for diversity in (0.0, 0.8):
+        answer = rec.answer_visitor(None, text, k=10, diversity=diversity)
+        assert set(answer.matched) & {r.item for r in answer.items}  # matched items recommended: the case
+        assert all(r.because != r.item for r in answer.items)
+        assert answer.notice is None
+    odd = rec.answer_visitor(None, "zzqx blorfw", k=5)
+    assert odd.notice and "no item's text contains any word of 'zzqx blorfw'" in odd.notice
+    assert len(odd.items) == 5  # still an answer: the nearest in text space
+
+
 def test_id_only_model_answers_cold_only_likes_from_content(runs):
     rec = Recommender.load(runs["lightgcn"][1])
     cold = [rec.item_raw[i] for i in np.flatnonzero(~rec.rankable.numpy())[:2]]
@@ -294,6 +311,9 @@ def test_recommend_cli(runs):
     js = cli("items=[i3,i9]", "k=3", "format=json")
     data = json.loads(js.stdout)
     assert [d["rank"] for d in data] == [1, 2, 3] and all(d["because"] in ("i3", "i9") for d in data)
+    similar = cli("similar=i3", "k=3")
+    assert similar.returncode == 0, similar.stderr
+    assert "similarity of the items' content" in similar.stdout and "cannot score" not in similar.stdout
     bad = cli("user=ghost")
     assert bad.returncode == 2 and "unknown user id 'ghost'" in bad.stderr and "Traceback" not in bad.stderr
 

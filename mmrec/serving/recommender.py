@@ -94,6 +94,7 @@ class VisitorAnswer:
 
     items: list[Recommendation]
     matched: list[str] = field(default_factory=list)  # raw ids nearest to the query, nearest first
+    notice: str | None = None  # e.g. no word of the query occurs in any item's text
 
 
 def _catalogue_attribute(name: str) -> property:
@@ -251,12 +252,16 @@ class Recommender:
         return order[:k]
 
     def _because(self, items: list[int], history: np.ndarray) -> list[int | None]:
-        """For each recommended item, the history item most similar to it (content space)."""
+        """For each recommended item, the history item most similar to it (content space), never
+        the item itself (a text query's matches stand in for history and may be recommended):
+        ``None`` where the item is its history's only member."""
         if not len(history) or not items:
             return [None] * len(items)
-        sim = self.similarity_vectors[torch.as_tensor(items)] @ self.similarity_vectors[torch.as_tensor(history)].T
-        best = sim.argmax(1)  # [k]
-        return [int(history[j]) for j in best.tolist()]
+        rows, hist = torch.as_tensor(items), torch.as_tensor(np.asarray(history, dtype=np.int64))
+        sim = self.similarity_vectors[rows] @ self.similarity_vectors[hist].T  # [k, H]
+        sim = sim.masked_fill(rows.unsqueeze(1) == hist.unsqueeze(0), -float("inf"))
+        values, best = sim.max(1)  # [k]
+        return [None if v == -float("inf") else int(history[j]) for v, j in zip(values.tolist(), best.tolist())]
 
     def _results(self, ranked: list[tuple[int, float]], because: list[int | None], source: str = "model"
                  ) -> list[Recommendation]:
@@ -324,7 +329,7 @@ class Recommender:
             self.limits.check_text(query, "query")
         visitor = self.visitors.profile(liked, query)
         items = self._for_visitor(visitor, np.concatenate([liked, excluded]), k, diversity)
-        return VisitorAnswer(items, self.item_raw[visitor.matched].tolist())
+        return VisitorAnswer(items, self.item_raw[visitor.matched].tolist(), visitor.notice)
 
     def recommend_for_visitor(self, liked_items: Sequence[str] | None = None, query: str | None = None, k: int = 10,
                               exclude: Sequence[str] | None = None, diversity: float = 0.0) -> list[Recommendation]:

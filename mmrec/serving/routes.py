@@ -55,6 +55,7 @@ class RecommendationsOut(BaseModel):
     diversity: float
     items: list[RecommendationOut]
     matched: list[str] = Field(default_factory=list, description="items nearest to the text query, if any")
+    notice: str | None = Field(None, description="what the visitor should know, e.g. no word of the query is known")
 
 
 class ItemOut(BaseModel):
@@ -167,7 +168,7 @@ async def for_visitor(body: VisitorRequest, rec: Rec):
     """A new visitor's list from liked items and/or words, with the items the words matched."""
     answer = rec.answer_visitor(body.items, body.query, k=body.k, exclude=body.exclude, diversity=body.diversity)
     return {"user": None, "k": body.k, "diversity": body.diversity, "items": [_out(r) for r in answer.items],
-            "matched": answer.matched}
+            "matched": answer.matched, "notice": answer.notice}
 
 
 # -- items ---------------------------------------------------------------------------

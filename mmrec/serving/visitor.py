@@ -11,6 +11,8 @@ score none of the visitor's items), the liked rows and the query's matched rows.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Sequence
@@ -27,6 +29,9 @@ FOLD_IN_RULES = ("mean", "ridge")
 #: what the Recommender's ``fold_in`` accepts: a rule, ``tower`` (the bundle's user tower) or
 #: ``auto`` (the tower when the bundle has one, else ``mean``)
 VISITOR_RULES = (*FOLD_IN_RULES, "tower", "auto")
+
+
+_WORD = re.compile(r"\w+")
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +85,7 @@ class VisitorProfile:
     vector: torch.Tensor | None  # [d] the visitor's user vector; None: the model can score none of their items
     liked: np.ndarray  # item rows the visitor liked (never recommended back to them)
     matched: np.ndarray  # item rows nearest to the text query (stand in for liked items; may be recommended)
+    notice: str | None = None  # what the visitor should know about the query (none of its words is known)
 
     @property
     def basis(self) -> np.ndarray:
@@ -124,6 +130,24 @@ class VisitorEncoder:
         self.text_vectors = unit(bundle_tensor(a["text_vectors"]).float()) if "text_vectors" in a else None  # [I, D_t]
         self._has_text = None if self.text_vectors is None else self.text_vectors.abs().sum(1) > 0  # [I]
         self._encoder_id = bundle.manifest.get("text_encoder")
+        self._item_texts = bundle.items.get("text")  # the catalogue's words: whether a query's are known
+
+    @cached_property
+    def vocabulary(self) -> frozenset[str]:
+        """The lower-case words of every item's text (built on the first text query)."""
+        words: set[str] = set()
+        for text in self._item_texts if self._item_texts is not None else ():
+            words.update(_WORD.findall(str(text).lower()))
+        return frozenset(words)
+
+    def unknown_query_notice(self, query: str) -> str | None:
+        """A notice when no word of ``query`` occurs in any item's text: its matches are then
+        only the nearest in the encoder's space (chance, for a bag-of-words encoder)."""
+        words = _WORD.findall(query.lower())
+        if words and self._item_texts is not None and not any(w in self.vocabulary for w in words):
+            return (f"no item's text contains any word of {query[:80]!r}: the matches are only the nearest in "
+                    "text space; try other words")
+        return None
 
     @property
     def text_queries(self) -> bool:
@@ -173,4 +197,5 @@ class VisitorEncoder:
                 raise RecommendError("no item has text to match the query against", "query")
         basis = np.concatenate([liked, matched])
         known = basis[self.rankable[torch.as_tensor(basis)].numpy()]
-        return VisitorProfile(self.user_vector(known) if len(known) else None, liked, matched)
+        notice = self.unknown_query_notice(query) if query is not None else None
+        return VisitorProfile(self.user_vector(known) if len(known) else None, liked, matched, notice)

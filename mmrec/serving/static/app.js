@@ -116,7 +116,8 @@ async function loadVisitor() {
     if (request !== recsRequests) return;  // a later request is on its way
     $("recs-title").textContent = "Recommended for you";
     const fromContent = recs.items.some((r) => r.source === "content");
-    renderRecs(recs, fromContent ? "the model knows none of these items: similar items by content" : "", liked);
+    renderRecs(recs, recs.notice || (fromContent ? "the model knows none of these items: similar items by content" : ""),
+               liked);
   } catch (err) {
     showError(err.message);
   }
