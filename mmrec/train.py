@@ -153,6 +153,9 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
         log.info("Training budget: up to %d epochs (trainer.max_epochs), early stopping after %s validations "
                  "without improvement of %s.", cfg.trainer.max_epochs,
                  OmegaConf.select(cfg, "callbacks.early_stopping.patience", default="(off)"), cfg.optimized_metric)
+        # a small dataset has fewer steps per epoch than the logging interval: log once an epoch
+        # then (Lightning would warn on every run that it logs nothing)
+        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, datamodule.train_batches()))
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         except (SystemExit, SIGTERMException) as stop:  # Lightning's answer to Ctrl-C / SIGTERM

@@ -82,13 +82,19 @@ class RecDataModule(L.LightningDataModule):
         """The prepared dataset (tables: titles and images for recommendation tables)."""
         return self.data.dataset
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_dataset(self) -> Dataset:
         if self.train_unit == "users":  # sequence models: a batch is users [B], each with its whole history
             # on the CPU: the matrix may already sit on the GPU with the module, loader workers index on the CPU
             users = torch.nonzero(self.data.train_matrix.counts().cpu() >= self.min_history).squeeze(1)
-            dataset: Dataset = _UserDataset(users)
-        else:
-            dataset = self._train_pairs
+            return _UserDataset(users)
+        return self._train_pairs
+
+    def train_batches(self) -> int:
+        """Training steps per epoch (one process)."""
+        return -(-len(self._train_dataset()) // self.per_batch)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._train_dataset()
         return DataLoader(dataset, batch_size=self.per_batch, shuffle=True, collate_fn=_identity,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
