@@ -199,8 +199,14 @@ def base_settings(run: Run) -> dict[str, str]:
     others are Hydra's choices, or derived from the ``_target_`` in the config.
     """
     out = {}
+    # a model fitted in closed form or not at all (pop, random, iALS) drew no negatives: no sampler
+    # (runs before the "trained" entry: no epoch and no checkpoint)
+    untrained = run.record.get("trained") is False or (
+        "trained" not in run.record and not run.record.get("epochs_trained") and not run.record.get("best_checkpoint"))
     for group in BASE_COLUMNS:
-        if group == "dataset":
+        if group == "sampler" and untrained:
+            out[group] = "-"
+        elif group == "dataset":
             root = run.config.get("dataset.root")
             out[group] = Path(str(root)).name if root else run.choices.get("dataset", "?")
         elif run.choices.get(group) not in (None, "None", "null"):
@@ -395,8 +401,12 @@ def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = DEFAULT_TABLE_ME
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         dups = int(row.get("duplicates", 0) or 0)
-        cells = [format_setting(row[k]) for k in keys] + [f"{row['n_seeds']}" + (f" (+{dups} duplicate)" if dups else "")]
-        cells += [format_mean_std(row[m], row[f"{m}_std"]) for m in shown]
+        # every seed gave the very same numbers (a deterministic model such as pop): say so, not "± 0.0000"
+        identical = row["n_seeds"] > 1 and bool(shown) and all(row[f"{m}_std"] == 0 for m in shown)
+        cells = [format_setting(row[k]) for k in keys] + [f"{row['n_seeds']}" + (" (identical results)" if identical
+                                                                                 else "")
+                                                          + (f" (+{dups} duplicate)" if dups else "")]
+        cells += [format_mean_std(row[m], math.nan if identical else row[f"{m}_std"]) for m in shown]
         cells += [format_mean_std(row[p], row[f"{p}_std"], 1 if p.endswith("epoch") else 2) for p in perf]
         cells.append(f"**\\* ({_short(row['optimized_metric'])})**" if row["best"] else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -502,12 +512,16 @@ def _new_figure(width: float = 7.0, height: float = 4.5) -> "Figure":
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def plot_curves(curves: pd.DataFrame, metric: str = "val/recall@20") -> "Figure":
+def plot_curves(curves: pd.DataFrame, metric: str = "val/recall@20", without: Sequence[str] = ()) -> "Figure":
     """``metric`` per epoch, one line per configuration (mean over seeds, band = min..max), each
-    run's selected epoch (best on validation) marked with a star on its own curve."""
+    run's selected epoch (best on validation) marked with a star on its own curve. ``without``:
+    labels of the configurations that have no curve (untrained models, runs without a CSV log),
+    named in the legend rather than left out silently."""
     fig = _new_figure(9.0, 4.5)
     ax = fig.add_subplot()
-    if curves.empty:
+    for label in without:
+        ax.plot([], [], " ", label=f"{label}: no curve (not trained per epoch, or no CSV log)")
+    if curves.empty and not without:
         ax.text(0.5, 0.5, "no per-epoch CSV logs (logger=csv) in these runs", ha="center", va="center",
                 transform=ax.transAxes)
     for label, part in curves.groupby("label", sort=True):
@@ -523,9 +537,9 @@ def plot_curves(curves: pd.DataFrame, metric: str = "val/recall@20") -> "Figure"
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0-based)")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch (mean over seeds; band: min-max; star: selected epoch)")
+    ax.set_title(f"{metric} per epoch (mean over seeds; band: min-max; star: selected epoch)", loc="left", fontsize=10)
     ax.grid(alpha=0.3)
-    if not curves.empty:
+    if not curves.empty or without:
         _legend_outside(ax)
     return fig
 
@@ -689,7 +703,10 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None, 
     _write_atomic(files["runs_csv"], runs.to_csv(index=False))
     if plots:
         metric = runs["optimized_metric"].mode().iloc[0]
-        figures = {"val_curve": plot_curves(curves_frame(runs, metric), metric),
+        curves = curves_frame(runs, metric)
+        labels = configuration_labels(runs)
+        without = sorted(set(labels[~runs["run"].isin(set(curves["run"]))]) - set(curves["label"]))
+        figures = {"val_curve": plot_curves(curves, metric, without),
                    "recall_at_k": plot_recall_at_k(summary), "warm_cold": plot_warm_cold(summary),
                    "accuracy_beyond": plot_accuracy_vs_beyond(summary)}
         for name, fig in figures.items():

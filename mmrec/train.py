@@ -191,6 +191,7 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
         "best_checkpoint": best_path,
         "best_epoch": _epoch_of(best_path),
         "epochs_trained": trainer.current_epoch,
+        "trained": bool(trainable),  # False: fitted in closed form or not at all (pop, random, iALS): no sampler
         "fit_seconds": round(fit_seconds, 3),
         "seed": cfg.get("seed"),
         "optimized_metric": cfg.optimized_metric,

@@ -16,7 +16,8 @@ from mmrec import report
 from mmrec.report import ReportError
 
 TARGETS = {"lightgcn": ("mmrec.models.LightGCN", "mmrec.fusion.NoFusion", "none"),
-           "vbpr": ("mmrec.models.VBPR", "mmrec.fusion.ConcatFusion", "concat")}
+           "vbpr": ("mmrec.models.VBPR", "mmrec.fusion.ConcatFusion", "concat"),
+           "pop": ("mmrec.models.Popularity", "mmrec.fusion.NoFusion", "none")}
 
 
 def fake_run(folder: Path, model: str, seed: int, val: float, test: float, lr: float = 1e-3,
@@ -244,6 +245,31 @@ def test_labels_show_only_settings_that_differ_within_a_model_and_wrap(tmp_path)
     assert labels[0].replace("\n", " ") == "lightgcn / none / lr=0.001"
     assert labels[2].replace("\n", " ") == "grcn / late"  # start_method does not vary within grcn; '-' never shown
     assert all(len(line) <= report.LABEL_WIDTH for label in labels for line in label.split("\n"))
+
+
+def test_an_untrained_deterministic_model_has_no_sampler_no_fake_std_and_a_named_missing_curve(sweep, tmp_path):
+    """pop: fitted without training (no negatives drawn, so no sampler), the same numbers for
+    every seed (not "± 0.0000"), and no per-epoch curve (named in the legend, not left out)."""
+    import shutil
+
+    root, _ = sweep
+    for seed in (0, 1):
+        folder = fake_run(root / f"pop{seed}", "pop", seed, 0.11, 0.12)
+        record = json.loads((folder / "metrics.json").read_text())
+        record.update(trained=False, epochs_trained=0, best_epoch=None)
+        (folder / "metrics.json").write_text(json.dumps(record))
+        shutil.rmtree(folder / "csv")
+    runs = report.runs_frame(report.find_runs(root))
+    assert set(runs.loc[runs["model"] == "pop", "sampler"]) == {"-"}
+    assert set(runs.loc[runs["model"] == "lightgcn", "sampler"]) != {"-"}
+    line = next(x for x in report.to_markdown(report.summarize(runs)).splitlines() if "| pop |" in x)
+    assert "| 2 (identical results) |" in line and "±" not in line and "0.1100" in line
+    curves = report.curves_frame(runs)
+    labels = report.configuration_labels(runs)
+    fig = report.plot_curves(curves, without=sorted(set(labels[runs["model"] == "pop"])))
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(t.startswith("pop") and "no curve" in t for t in texts)
+    assert report.write_report(root, tmp_path / "out")["val_curve"].stat().st_size > 0  # the report's own call
 
 
 def test_curves_mark_the_selected_epoch_and_legends_sit_outside(sweep):
