@@ -7,9 +7,10 @@ Usage (from the repository root):
 
 A busy shared node is emulated by ``--load`` background processes, each multiplying matrices
 with 2 threads for as long as the benchmark runs (load average about 2 x load). Under that
-load the demo trains ``--epochs`` epochs (LightGCN, no early stop) with the default thread
-count (``threads=null``: the cores this process may use) and with ``threads=1``, the two
-alternating per round; s/epoch is the median of each run's epochs after the first. Then the default demo command (``python -m mmrec.train``,
+load, and before it on the quiet machine, the demo trains ``--epochs`` epochs (LightGCN, no early
+stop) with the default thread count (``threads=null``: the cores this process may use), the same
+with ``OMP_WAIT_POLICY=PASSIVE`` (libgomp's waiting threads sleep instead of spinning) and with
+``threads=1``, the order rotating per round; s/epoch is the median of each run's epochs after the first. Then the default demo command (``python -m mmrec.train``,
 its own budget of 30 epochs) runs once on the quiet machine and once under the load with each
 thread setting: its wall time is what the README promises.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -39,33 +41,57 @@ def _burn(stop: "mp.synchronize.Event") -> None:
         a = torch.tanh(a @ a)
 
 
-def _timed(name: str, threads: str, epochs: int) -> dict:
-    record = run_train(name, [f"threads={threads}", f"trainer.max_epochs={epochs}", *TIMED])
+#: (label, threads, OMP_WAIT_POLICY) of each timed setting; libgomp's default wait policy spins
+#: a waiting thread for a while before it sleeps, PASSIVE sleeps at once
+SETTINGS = [("threads=null", "null", None), ("threads=null, OMP_WAIT_POLICY=PASSIVE", "null", "PASSIVE"),
+            ("threads=1", "1", None)]
+
+
+def _timed(name: str, threads: str, epochs: int, wait_policy: str | None = None) -> dict:
+    old = os.environ.pop("OMP_WAIT_POLICY", None)
+    if wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = wait_policy  # inherited by the training process
+    try:
+        record = run_train(name, [f"threads={threads}", f"trainer.max_epochs={epochs}", *TIMED])
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if old is not None:
+            os.environ["OMP_WAIT_POLICY"] = old
     epoch_s = record["perf"]["train_epoch_s"][1:] or record["perf"]["train_epoch_s"]
     return {"s_epoch": statistics.median(epoch_s), "wall_s": record["wall_s"]}
+
+
+def _rounds(tag: str, rounds: int, epochs: int) -> dict[str, list[dict]]:
+    """Every setting ``rounds`` times, the order rotated each round."""
+    timed: dict[str, list[dict]] = {label: [] for label, _, _ in SETTINGS}
+    for rnd in range(rounds):
+        for j in range(len(SETTINGS)):
+            label, threads, policy = SETTINGS[(j + rnd) % len(SETTINGS)]
+            timed[label].append(_timed(f"threads_{tag}_{j}_r{rnd}", threads, epochs, policy))
+    return timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", type=int, default=3, help="background processes (2 threads each)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs per thread setting under load")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per thread setting, quiet and under load")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per timed run")
+    parser.add_argument("--no-demo", action="store_true", help="skip the default demo's wall time")
     args = parser.parse_args()
 
-    demo_quiet = run_train("threads_demo_quiet", [])
+    with open("/proc/loadavg") as fh:
+        quiet_load = fh.read().split()[0]
+    quiet = _rounds("quiet", args.rounds, args.epochs)
+    demo_quiet = None if args.no_demo else run_train("threads_demo_quiet", [])
     stop = mp.Event()
     burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(args.load)]
     for proc in burners:
         proc.start()
     time.sleep(3)  # let the load build up
     try:
-        timed: dict[str, list[dict]] = {"null": [], "1": []}
-        for rnd in range(args.rounds):
-            order = ("null", "1") if rnd % 2 == 0 else ("1", "null")  # alternate who runs first
-            for threads in order:
-                timed[threads].append(_timed(f"threads_{threads}_r{rnd}", threads, args.epochs))
-        demo_loaded = {threads: run_train(f"threads_demo_loaded_{threads}", [f"threads={threads}"])
-                       for threads in ("null", "1")}
+        loaded = _rounds("loaded", args.rounds, args.epochs)
+        demo_loaded = {} if args.no_demo else {
+            threads: run_train(f"threads_demo_loaded_{threads}", [f"threads={threads}"]) for threads in ("null", "1")}
         with open("/proc/loadavg") as fh:
             load = fh.read().split()[0]
     finally:
@@ -73,25 +99,34 @@ def main() -> None:
         for proc in burners:
             proc.join(timeout=10)
 
-    med = {t: statistics.median(r["s_epoch"] for r in runs) for t, runs in timed.items()}
     lines = [
         "## CPU threads on a busy machine, and the demo's wall time (`experiments/bench_threads.py`)",
         "",
         f"- Command: `python experiments/bench_threads.py --load {args.load} --rounds {args.rounds} "
-        f"--epochs {args.epochs}`",
+        f"--epochs {args.epochs}{' --no-demo' if args.no_demo else ''}`",
         f"- Machine: {machine()}",
         f"- Date: {time.strftime('%Y-%m-%d')}, code: commit {git_commit()}",
-        f"- Load: {args.load} background processes multiplying 512 x 512 matrices on 2 threads each "
-        f"(load average {load} at the end). Demo LightGCN, {args.epochs} epochs per run, no early stop; "
-        f"s/epoch = median of each run's epochs after the first, then the median over {args.rounds} "
-        "alternating runs per setting. `threads=null` is the default (the cores this process may use).",
+        f"- Quiet: load average {quiet_load} before the quiet runs (other users of the machine included). Busy: "
+        f"{args.load} background processes multiplying 512 x 512 matrices on 2 threads each (load average "
+        f"{load} at the end). Demo LightGCN, {args.epochs} epochs per run, no early stop; s/epoch = median of each "
+        f"run's epochs after the first, then the median over {args.rounds} runs per setting (order rotated each "
+        "round). `threads=null` is the default (the cores this process may use).",
         "",
-        "| threads | s / epoch (runs) | median | relative to threads=null |",
-        "|---|---|---|---|",
+        "| setting | quiet s / epoch (runs) | quiet median | x threads=null | busy s / epoch (runs) | busy median | x threads=null |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for threads in ("null", "1"):
-        runs = ", ".join(f"{r['s_epoch']:.2f}" for r in timed[threads])
-        lines.append(f"| {threads} | {runs} | {med[threads]:.2f} | {med[threads] / med['null']:.2f} |")
+    base = {name: statistics.median(r["s_epoch"] for r in part["threads=null"]) for name, part in
+            (("quiet", quiet), ("busy", loaded))}
+    for label, _, _ in SETTINGS:
+        cells = []
+        for name, part in (("quiet", quiet), ("busy", loaded)):
+            med = statistics.median(r["s_epoch"] for r in part[label])
+            cells += [", ".join(f"{r['s_epoch']:.2f}" for r in part[label]), f"{med:.2f}", f"{med / base[name]:.2f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if args.no_demo:
+        write_section("threads_busy", "\n".join(lines))
+        print("\n".join(lines))
+        return
     lines += [
         "",
         "The default demo (`python -m mmrec.train`: LightGCN on `dataset=demo`, its budget of 30 epochs, "
