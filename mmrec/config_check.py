@@ -159,6 +159,12 @@ RULES: dict[str, Spec] = {
     "dataset.source.user_exponent": _float(0.0),
     "dataset.source.item_exponent": _float(0.0),
     "dataset.source.chunk_items": POSITIVE,
+    # dataset sources: the fashion shop's shopper generator
+    "dataset.source.num_shoppers": POSITIVE,
+    "dataset.source.interactions_per_shopper": _int(5),
+    "dataset.source.temperature": _float(0.0, low_open=True),
+    "dataset.source.valid_ratio": PROPER_SHARE,
+    "dataset.source.test_ratio": PROPER_SHARE,
     # dataset sources: real data (MovieLens cold split, Amazon 2023 download, split and images)
     "dataset.source.cold_items": PROPER_SHARE,
     "dataset.source.cold_seed": SEED,

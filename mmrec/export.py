@@ -207,6 +207,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
         "model": cfg.model.encoder._target_.rsplit(".", 1)[-1], "model_target": cfg.model.encoder._target_,
         "dataset": ds.name, "dataset_root": str(ds.root), "metrics": record.get("metrics", {}),
         "selected_on": record.get("optimized_metric"), "best_epoch": record.get("best_epoch"),
+        "epochs_trained": record.get("epochs_trained"),
         "checkpoint": None if checkpoint is None else str(checkpoint), "seed": record.get("seed"),
         "run": str(run_dir.resolve()), "mmrec_version": __version__,
         # training stopped early by Ctrl-C / SIGTERM: the best checkpoint so far, not a finished run

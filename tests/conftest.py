@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from mmrec.utils.config import CONFIG_DIR
 
@@ -89,6 +89,38 @@ def serving_runs(tmp_path_factory, data_dir):
         index = {"factory": "HNSW32", "ef_construction": 200} if model == "lightgcn" else None
         out[model] = (run, export_run(run, index=index), objects)
     return out
+
+
+FASHION = ["dataset=fashion", "dataset.source.num_shoppers=300"]
+
+
+@pytest.fixture(scope="session")
+def fashion_shop(tmp_path_factory):
+    """``dataset=fashion`` prepared once: the real photos of ../shared/data/product-photos, 300
+    generated shoppers, the simple modality encoders. ``(prepare config, photos folder)``."""
+    from mmrec.prepare import prepare
+
+    path = shared_path("product-photos")
+    data = tmp_path_factory.mktemp("fashion")
+    cfg = compose_cfg(FASHION + ["modality_encoder=simple", f"paths.data_dir={data}", f"dataset.source.path={path}",
+                                 "dataset.source.progress=false", "prepare.progress=false"], config_name="prepare")
+    prepare(cfg)
+    return cfg, path
+
+
+@pytest.fixture(scope="session")
+def fashion_bundle(fashion_shop, tmp_path_factory) -> Path:
+    """FREEDOM trained 2 epochs on the fashion shop, exported: the bundle folder."""
+    from mmrec.export import export_run
+    from mmrec.train import train
+
+    cfg, path = fashion_shop
+    root = tmp_path_factory.mktemp("fashion_run")
+    train(compose_cfg(FASHION + [f"paths.data_dir={cfg.paths.data_dir}", f"dataset.source.path={path}",
+                                 f"paths.output_dir={root / 'run'}", f"paths.log_dir={root / 'logs'}",
+                                 "trainer.max_epochs=2", "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
+                                 "logger=none", "model=freedom"]))
+    return export_run(root / "run")
 
 
 class RaiseAt:

@@ -30,6 +30,7 @@ def test_health_info_and_docs(client):
     info = client.get("/info").json()
     assert info["model"] == "FREEDOM" and info["dataset"] == "demo" and "test/recall@20" in info["metrics"]
     assert info["text_queries"] is True
+    assert info["epochs_trained"] == 2 and 0 <= info["best_epoch"] < 2  # which checkpoint is served
     spec = client.get("/openapi.json").json()
     assert "/users/{user}/recommendations" in spec["paths"] and "/recommendations" in spec["paths"]
     assert client.get("/docs").status_code == 200

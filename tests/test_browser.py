@@ -37,13 +37,11 @@ def _need_browser():
         pytest.skip("chromium or playwright not installed (apt-get install chromium; pip install playwright)")
 
 
-@pytest.fixture(scope="module")
-def server(serving_runs):
-    """The service on a free port of 127.0.0.1, in a thread of this process."""
+def _serve(bundle: Path):
+    """The service of ``bundle`` on a free port of 127.0.0.1, in a thread of this process."""
     import uvicorn
 
     _need_browser()
-    bundle = serving_runs["freedom"][1]
     app = create_app(lambda: Recommender.load(bundle))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,6 +60,18 @@ def server(serving_runs):
 
 
 @pytest.fixture(scope="module")
+def server(serving_runs):
+    """The demo's FREEDOM bundle served."""
+    yield from _serve(serving_runs["freedom"][1])
+
+
+@pytest.fixture(scope="module")
+def fashion_server(fashion_bundle):
+    """The fashion shop (real product photos) served."""
+    yield from _serve(fashion_bundle)
+
+
+@pytest.fixture(scope="module")
 def browser():
     _need_browser()
     from playwright.sync_api import sync_playwright
@@ -72,17 +82,26 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server):
+def _open(browser, url: str):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     p = context.new_page()
     errors = []
     p.on("pageerror", lambda err: errors.append(str(err)))
-    p.goto(server + "/")
+    p.goto(url + "/")
     p.wait_for_function("document.getElementById('card').textContent.includes('FREEDOM')")
     yield p
     context.close()
     assert not errors, f"script errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, server):
+    yield from _open(browser, server)
+
+
+@pytest.fixture
+def shop(browser, fashion_server):
+    yield from _open(browser, fashion_server)
 
 
 def _card_items(page) -> list[str]:
@@ -91,6 +110,52 @@ def _card_items(page) -> list[str]:
 
 IMAGES_LOADED = """sel => { const imgs = Array.from(document.querySelectorAll(sel));
   return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
+
+
+#: recommendation cards whose image is a real, loaded photo (not the placeholder)
+REAL_PHOTOS = """() => Array.from(document.querySelectorAll('#recs .card img'))
+  .filter(i => i.complete && i.naturalWidth > 0 && !i.src.endsWith('placeholder.svg')).length"""
+
+
+def _visitor_likes_three(page, search: str) -> None:
+    """As a new visitor: search titles for ``search``, like the first three, wait for their list."""
+    page.click("#tab-visitor")
+    page.fill("#search", search)
+    page.click("#search-form button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#search-results .card').length >= 3")
+    for n in range(3):
+        page.locator("#search-results .like").nth(n).click()
+    page.wait_for_function("document.querySelectorAll('#liked .chip').length === 3")
+    # the list asked with all three likes (the answers to the first two may come first)
+    page.wait_for_function("document.querySelector('#recs').dataset.liked === '3'")
+    page.wait_for_function("document.querySelectorAll('#recs .card').length === 10")
+
+
+def test_the_page_opens_on_a_shoppers_list_and_headings_follow_the_tab(page):
+    page.wait_for_function("document.querySelectorAll('#recs .card').length === 10")  # nothing clicked
+    assert " of 2, selected on val/recall@20)" in page.text_content("#card")  # the served checkpoint
+    user = page.input_value("#user-id")
+    assert user and page.text_content("#recs-title") == f"Recommended for user {user}"
+    assert page.get_attribute("#user-id", "placeholder").startswith("user id, e.g. ")
+    page.click("#tab-visitor")
+    assert page.text_content("#recs-title") == "Recommended for you"
+    page.click("#tab-user")
+    assert page.text_content("#recs-title") == f"Recommended for user {user}"
+
+
+def test_the_fashion_shop_shows_real_photos_to_a_shopper_and_a_visitor(shop, tmp_path):
+    shop.wait_for_function("document.querySelectorAll('#recs .card').length === 10")
+    shop.wait_for_function(IMAGES_LOADED, arg="#recs img")
+    assert shop.evaluate(REAL_PHOTOS) >= 9
+    if os.environ.get("MMREC_SCREENSHOT_FASHION"):
+        shop.screenshot(path=os.environ["MMREC_SCREENSHOT_FASHION"], full_page=True)
+    _visitor_likes_three(shop, "shoes")
+    shop.wait_for_function(IMAGES_LOADED, arg="#recs img")
+    assert shop.evaluate(REAL_PHOTOS) >= 9
+    # a strip scrolls by whole cards: every card keeps its full width
+    widths = shop.eval_on_selector_all("#search-results .card", "cs => cs.map(c => c.getBoundingClientRect().width)")
+    assert widths and min(widths) == max(widths) == 120
+    shop.screenshot(path=str(tmp_path / "visitor.png"), full_page=True)
 
 
 def test_known_user_cards_slider_and_error(page, tmp_path):
@@ -119,16 +184,7 @@ def test_known_user_cards_slider_and_error(page, tmp_path):
 
 
 def test_new_visitor_likes_three_items(page):
-    page.click("#tab-visitor")
-    page.fill("#search", "a")  # every demo title has an 'a'
-    page.click("#search-form button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#search-results .card').length >= 3")
-    for n in range(3):
-        page.locator("#search-results .like").nth(n).click()
-    page.wait_for_function("document.querySelectorAll('#liked .chip').length === 3")
-    # the list asked with all three likes (the answers to the first two may come first)
-    page.wait_for_function("document.querySelector('#recs').dataset.liked === '3'")
-    page.wait_for_function("document.querySelectorAll('#recs .card').length === 10")
+    _visitor_likes_three(page, "a")  # every demo title has an 'a'
     assert page.text_content("#recs-title") == "Recommended for you"
     liked = page.eval_on_selector_all("#search-results .card", "cs => cs.slice(0, 3).map(c => c.dataset.item)")
     assert not set(liked) & set(_card_items(page))

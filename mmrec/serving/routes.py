@@ -119,6 +119,7 @@ async def info(rec: Rec):
     card, manifest = rec.bundle.card, rec.bundle.manifest
     return {"model": card.get("model"), "dataset": card.get("dataset"), "metrics": card.get("metrics", {}),
             "selected_on": card.get("selected_on"), "best_epoch": card.get("best_epoch"),
+            "epochs_trained": card.get("epochs_trained"),
             # a run stopped by Ctrl-C / SIGTERM: its best checkpoint so far (None: it finished)
             "interrupted": card.get("interrupted"), "created": manifest.get("created"),
             "mmrec_version": card.get("mmrec_version"), "users": rec.num_users, "items": rec.num_items,

@@ -171,6 +171,9 @@ function setMode(mode) {
   $("tab-visitor").classList.toggle("active", mode === "visitor");
   $("user-panel").hidden = mode !== "user";
   $("visitor-panel").hidden = mode !== "visitor";
+  // the heading names whom the list is for, in the tab shown
+  $("recs-title").textContent = mode === "visitor" ? "Recommended for you"
+    : (state.user ? "Recommended for user " + state.user : "Recommendations");
   $("recs").replaceChildren();
   $("recs-note").textContent = "";
   refresh();
@@ -192,9 +195,17 @@ async function init() {
     const info = await api("/info");
     const metric = info.metrics["test/recall@20"];
     $("card").textContent = info.model + " on " + info.dataset + " · " + info.users + " users, " + info.items +
-      " items" + (metric !== undefined ? " · test Recall@20 " + metric.toFixed(3) : "") + " · " + info.index +
+      " items" + (metric !== undefined ? " · test Recall@20 " + metric.toFixed(3) : "") +
+      // which checkpoint is served: a best epoch far before the last says the budget or the rate was off
+      (info.best_epoch !== null && info.best_epoch !== undefined && info.epochs_trained
+        ? " (epoch " + (info.best_epoch + 1) + " of " + info.epochs_trained + ", selected on " + info.selected_on + ")" : "") +
+      " · " + info.index +
       " retrieval, " + info.rerank + " re-ranking";
     if (!info.text_queries) $("query-form").hidden = true;
+    // never an empty start: a random shopper's page, and their id shows what an id looks like
+    const first = (await api("/users/random")).user;
+    $("user-id").placeholder = "user id, e.g. " + first;
+    if (!state.user && state.mode === "user") await loadUser(first);
   } catch (err) {
     showError(err.message);
   }
