@@ -42,31 +42,17 @@ def prepare() -> Path:
     return ROOT / "data" / "fashion-s0"
 
 
-def matches(root: Path, personas: list[dict], lists: list[list[str]]) -> dict[str, float]:
-    """Mean over shoppers of the share of their listed items matching each stated attribute."""
-    import pandas as pd
-
-    from mmrec.data.fashion import read_styles
-
-    products = read_styles(ROOT.parent / "shared" / "data" / "product-photos").set_index("id")
+def matches(products, personas: list[dict], lists: list[list[str]]) -> dict[str, float]:
+    """Mean over shoppers of the share of their listed items (raw ids) matching each stated
+    attribute; ``products``: the product table indexed by id."""
     out = {}
     for attr in ATTRS + ("gender",):
         shares = []
         for persona, items in zip(personas, lists):
-            values = products.loc[items, attr] if items else pd.Series(dtype=str)
             wanted = [persona["gender"], "Unisex"] if attr == "gender" else persona[attr]
-            shares.append(float(values.isin(wanted).mean()) if len(values) else 0.0)
+            shares.append(float(products.loc[items, attr].isin(wanted).mean()) if items else 0.0)
         out[attr] = statistics.mean(shares)
     return out
-
-
-def catalogue_share(personas: list[dict]) -> dict[str, float]:
-    from mmrec.data.fashion import read_styles
-
-    products = read_styles(ROOT.parent / "shared" / "data" / "product-photos")
-    return {attr: statistics.mean(float(products[attr].isin([p["gender"], "Unisex"] if attr == "gender"
-                                                                else p[attr]).mean()) for p in personas)
-            for attr in ATTRS + ("gender",)}
 
 
 def main() -> None:
@@ -83,9 +69,11 @@ def main() -> None:
     users = [f"s{p['shopper']}" for p in personas]
     import pandas as pd
 
-    items = pd.read_parquet(root / "items.parquet")
-    type_of = pd.Series(pd.Series(items["text"]).str.extract(r"Type: ([^.]+)")[0].to_numpy(), index=items["raw_id"])
-    liked = [type_of[type_of == p["articleType"][0]].index[:3].tolist() for p in personas]  # 3 photos each
+    from mmrec.data.fashion import read_styles
+
+    products = read_styles(ROOT.parent / "shared" / "data" / "product-photos").set_index("id")  # read once
+    num_items = len(pd.read_parquet(root / "items.parquet", columns=["item"]))
+    liked = [products.index[products["articleType"] == p["articleType"][0]][:3].tolist() for p in personas]
     rows: dict[str, list[dict]] = {}
     for model in args.models:
         for seed in args.seeds:
@@ -100,12 +88,13 @@ def main() -> None:
             rec = Recommender.load(bundle)
             lists = [[r.item for r in recs] for recs in rec.recommend(users, k=K)]
             visitor = [[r.item for r in rec.recommend_for_items(like, k=K)] for like in liked]
-            rows.setdefault(model, []).append({"known": matches(root, personas, lists),
-                                               "visitor": matches(root, personas, visitor),
+            rows.setdefault(model, []).append({"known": matches(products, personas, lists),
+                                               "visitor": matches(products, personas, visitor),
                                                "test_recall": record["metrics"].get("test/recall@20"),
-                                               "coverage": len({i for x in lists for i in x}) / len(items)})
+                                               "coverage": len({i for x in lists for i in x}) / num_items})
             print(model, seed, rows[model][-1], flush=True)
-    base = catalogue_share(personas)
+    # a blind pick: the share of all products with each stated attribute
+    base = matches(products, personas, [products.index.tolist()] * len(personas))
     (OUT / "fashion_personas.json").write_text(json.dumps({"rows": rows, "catalogue": base}, indent=1))
     header = "| model | seeds | test R@20 | " + " | ".join(f"{a} match" for a in ATTRS) + \
              " | gender suits | coverage@10 | visitor: type | visitor: colour |"
