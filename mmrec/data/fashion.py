@@ -27,7 +27,7 @@ import pandas as pd
 from mmrec.data.itemtable import ImageOptions, atomic_parquet, run_image_stage, write_tables
 from mmrec.data.prepared import DatasetError
 from mmrec.data.source import DatasetSource
-from mmrec.data.splits import split_random
+from mmrec.data.splits import _rank_within_user, split_random
 from mmrec.data.stages import Stage, run_stages
 from mmrec.data.text import clean_text
 
@@ -143,10 +143,7 @@ def persona_interactions(products: pd.DataFrame, num_shoppers: int, interactions
         users += [s] * len(picked)
         items += picked
     users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
-    steps = np.empty(len(users), dtype=np.int64)
-    order = np.lexsort((rng.random(len(users)), users))
-    starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_shoppers))[:-1]])
-    steps[order] = np.arange(len(users)) - starts[users[order]] + 1
+    steps = _rank_within_user(users, rng.random(len(users)))[0] + 1  # a random order within each shopper
     return users, items, steps, personas
 
 
