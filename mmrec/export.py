@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.utils import instantiate
 import numpy as np
 import pandas as pd
 import torch
@@ -30,6 +31,7 @@ from mmrec import __version__
 from mmrec.data.prepared import feature_modality_encoder
 from mmrec.run import assemble, saved_config
 from mmrec.serving.bundle import BundleError, load_bundle, write_bundle
+from mmrec.two_stage import RankerSettings, csr_with_times
 from mmrec.utils import cli
 from mmrec.utils.errors import hydra_user_errors
 
@@ -110,17 +112,9 @@ def _with_ids(table: pd.DataFrame, id_column: str, kind: str) -> pd.DataFrame:
     return table
 
 
-def _history_csr(interactions: pd.DataFrame, num_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's known items (train + valid), oldest first (ties by item), as CSR."""
-    known = interactions[interactions["split"].isin([0, 1])]
-    known = known.sort_values(["user", "timestamp", "item"], kind="stable").drop_duplicates(["user", "item"])
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum(np.bincount(known["user"].to_numpy(), minlength=num_users))
-    return indptr, known["item"].to_numpy().astype(np.int64)
-
-
 def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool = False,
-               index: dict[str, Any] | None = None, group_column: str | None = None, verify: bool = True) -> Path:
+               index: dict[str, Any] | None = None, group_column: str | None = None, verify: bool = True,
+               ranker: RankerSettings | None = None) -> Path:
     """Export the run in ``run_dir`` into a bundle at ``out`` (default ``<run_dir>/bundle``).
 
     Args:
@@ -128,6 +122,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
             "ef_construction": 200}`` (``None``: no saved index; exact search needs none).
         group_column: an items-table column copied as the ``group`` of the category-cap rule.
         verify: load the written bundle back (checksums) before returning.
+        ranker: fit a learned ranking stage (:func:`mmrec.two_stage.fit_ranker`: candidates from
+            the training histories, labels from validation) and put it in the bundle.
     """
     run_dir = Path(run_dir)
     config_file, metrics_file = run_dir / "config.yaml", run_dir / "metrics.json"
@@ -153,7 +149,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
     users = _with_ids(ds.users[["user", "raw_id"]], "user", "user")
     _finite("user", user_emb, users["raw_id"].to_numpy(), checkpoint)
     _finite("item", item_emb, items["raw_id"].to_numpy(), checkpoint)
-    indptr, indices = _history_csr(ds.interactions, ds.num_users)
+    indptr, indices, times = csr_with_times(ds.interactions, (0, 1), ds.num_users)  # known: train + valid
     arrays: dict[str, np.ndarray] = {
         "user_vectors": user_emb.detach().float().cpu().numpy(),
         "item_vectors": item_emb.detach().float().cpu().numpy(),
@@ -203,6 +199,18 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
             log.info("FAISS %s: %s for recall@%d >= %.3f (measured %.4f on %d held-out user queries)", index["factory"],
                      {k: v for k, v in tuned.items() if k in ("efSearch", "nprobe")}, tuned["k"], float(target),
                      tuned["recall"], tuned["queries"])
+    ranker_model = None
+    if ranker is not None:
+        from mmrec.serving.two_stage import StageData, bundle_arrays
+        from mmrec.two_stage import fit_ranker, item_groups
+
+        booster, report = fit_ranker(run, ranker, group_column)
+        known = StageData.build(item_emb.detach().float().cpu(), None if content is None else content.float(),
+                                dict(data.features.dims), indptr, indices, times, torch.from_numpy(arrays["item_rankable"]),
+                                item_groups(ds.items, group_column), ranker.neighbours)
+        arrays.update(bundle_arrays(known))
+        extra["ranker"] = {**report, "now": known.now, "modalities": dict(data.features.dims)}
+        ranker_model = booster.model_to_string()
     card = {
         "model": cfg.model.encoder._target_.rsplit(".", 1)[-1], "model_target": cfg.model.encoder._target_,
         "dataset": ds.name, "dataset_root": str(ds.root), "metrics": record.get("metrics", {}),
@@ -218,7 +226,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
     if card["interrupted"]:
         log.warning("%s: the run was interrupted (%s); the bundle holds its best checkpoint so far and says so in "
                     "its model card", run_dir, card["interrupted"])
-    write_bundle(out, arrays, items, users, card, extra, images, index_writer, force=force)
+    write_bundle(out, arrays, items, users, card, extra, images, index_writer, force=force, ranker_model=ranker_model)
     if verify:
         load_bundle(out, verify=True)
     log.info("Exported %s (%s on %s, %d users x %d items, %d-d) to %s in %.1fs", run_dir, card["model"], ds.name,
@@ -229,8 +237,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, force: bool =
 def export(cfg: DictConfig) -> Path:
     """``python -m mmrec.export`` without Hydra's wrapper: the bundle of ``cfg.run``."""
     index = OmegaConf.to_container(cfg.index, resolve=True) if cfg.get("index") else None
+    ranker = instantiate(cfg.ranker, _convert_="all") if cfg.get("ranker") else None
     return export_run(cfg.run, cfg.out, force=cfg.force, index=index, group_column=cfg.group_column,
-                      verify=cfg.verify)
+                      verify=cfg.verify, ranker=ranker)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -51,13 +51,16 @@ def recommend(cfg: DictConfig) -> list[Recommendation]:
 
 
 def format_table(recs: list[Recommendation], similar: bool = False) -> str:
-    """A plain table: rank, id, title, score, because of (title of the history item most like it).
+    """A plain table: rank, id, title, score, because of (title of the history item most like it)
+    and, with a learned ranker, the candidate sources that proposed each item.
     ``similar``: the list of ``similar=<id>``, which compares content on purpose (its footnote
     says so instead of "the model cannot score these items")."""
-    rows: list[list[Any]] = [["rank", "id", "title", "score", "because of"]]
+    ranker = any(r.proposed_by is not None for r in recs)
+    rows: list[list[Any]] = [["rank", "id", "title", "score", "because of"] + (["proposed by"] if ranker else [])]
     for r in recs:
         because = "" if r.because is None else f"{r.because_title} ({r.because})"
-        rows.append([r.rank, r.item, r.title, f"{r.score:.4f}" + ("*" if r.source == "content" else ""), because])
+        rows.append([r.rank, r.item, r.title, f"{r.score:.4f}" + ("*" if r.source == "content" else ""), because]
+                    + ([" + ".join(r.proposed_by or [])] if ranker else []))
     widths = [min(max(len(str(row[c])) for row in rows), 48) for c in range(len(rows[0]))]
     lines = ["  ".join(str(v)[:w].ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

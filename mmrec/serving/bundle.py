@@ -23,6 +23,13 @@ A bundle is a read-only folder::
       users.parquet             user, raw_id
       images/                   the items' images (optional)
       index.faiss               a FAISS index of the item vectors (optional)
+      ranker.txt                a LightGBM ranker over merged candidates (optional), with:
+      cooc_indptr.npy           int64 [I + 1]   item-item co-occurrence of the known
+      cooc_indices.npy          int64 [nnz]     histories (CSR, each item's strongest)
+      cooc_values.npy           float32 [nnz]
+      item_first_seen.npy       float64 [I]     each item's first known interaction (NaN: none)
+      item_recent_popularity.npy float32 [I]    interactions among the latest 10% of the known
+                                                ones; manifest "ranker": sources, features, ...
 
 Vectors are stored with :func:`numpy.save` (C order, little-endian float32) so that every
 worker process can memory-map the same pages. Nothing in the bundle is written after export:
@@ -53,6 +60,8 @@ REQUIRED_ARRAYS = ("user_vectors", "item_vectors", "item_rankable", "item_popula
 OPTIONAL_ARRAYS = ("content_vectors", "text_vectors")
 #: a two-tower model's user tower (:func:`mmrec.serving.recommender.tower_fold_in`)
 TOWER_ARRAYS = ("tower_weight", "tower_bias", "tower_query")
+#: the learned ranking stage (:mod:`mmrec.serving.two_stage`), with ``ranker.txt``
+RANKER_ARRAYS = ("cooc_indptr", "cooc_indices", "cooc_values", "item_first_seen", "item_recent_popularity")
 TABLES = ("items.parquet", "users.parquet")
 
 
@@ -67,7 +76,8 @@ def _files(root: Path) -> list[Path]:
 
 def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: pd.DataFrame, users: pd.DataFrame,
                  card: dict[str, Any], extra: dict[str, Any] | None = None,
-                 images: dict[int, Path] | None = None, index_writer=None, force: bool = False) -> Path:
+                 images: dict[int, Path] | None = None, index_writer=None, force: bool = False,
+                 ranker_model: str | None = None) -> Path:
     """Write a bundle atomically: everything into a temporary sibling folder, ``manifest.json``
     last, files made read-only, then one rename into place. A crash leaves no half bundle at
     ``out``; an existing bundle is replaced only with ``force``.
@@ -79,6 +89,7 @@ def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: p
         extra: more manifest entries (shapes, the text modality encoder, rules, ...).
         images: item -> image file to copy into ``images/``.
         index_writer: ``callable(path)`` writing ``index.faiss``, or ``None``.
+        ranker_model: the LightGBM model text written as ``ranker.txt`` (``None``: no ranker).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -93,7 +104,7 @@ def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: p
     tmp.mkdir()
     try:
         for name, array in arrays.items():
-            if name not in REQUIRED_ARRAYS + OPTIONAL_ARRAYS + TOWER_ARRAYS:
+            if name not in REQUIRED_ARRAYS + OPTIONAL_ARRAYS + TOWER_ARRAYS + RANKER_ARRAYS:
                 raise BundleError(f"unknown bundle array {name!r}")
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
         items = items.copy()
@@ -115,6 +126,8 @@ def write_bundle(out: str | os.PathLike, arrays: dict[str, np.ndarray], items: p
         users.to_parquet(tmp / "users.parquet", index=False)
         if index_writer is not None:
             index_writer(tmp / "index.faiss")
+        if ranker_model is not None:
+            (tmp / "ranker.txt").write_text(ranker_model)
         manifest = {
             "format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "card": card, **(extra or {}),
@@ -204,7 +217,7 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
         if f"{name}.npy" not in files:
             raise BundleError(f"{root / (name + '.npy')}: required by the bundle format but not in manifest.json; {how}")
     arrays = {}
-    for name in REQUIRED_ARRAYS + OPTIONAL_ARRAYS + TOWER_ARRAYS:
+    for name in REQUIRED_ARRAYS + OPTIONAL_ARRAYS + TOWER_ARRAYS + RANKER_ARRAYS:
         if f"{name}.npy" in files:
             try:
                 arrays[name] = np.load(root / f"{name}.npy", mmap_mode="r", allow_pickle=False)
@@ -261,6 +274,15 @@ def _check_shapes(bundle: Bundle, how: str) -> None:
         if ("tower_weight" not in a or "tower_bias" not in a or a["tower_weight"].shape != (dim, dim)
                 or a["tower_bias"].shape != (dim,) or (tower.get("pooling") == "attention") != ("tower_query" in a)):
             problems.append(f"the user tower ({tower or 'no manifest entry'}) does not match its arrays or {dim}-d vectors")
+    if "ranker" in bundle.manifest:
+        absent = [f"{n}.npy" for n in RANKER_ARRAYS if n not in a] + (
+            [] if "ranker.txt" in bundle.manifest.get("files", {}) else ["ranker.txt"])
+        if absent:
+            problems.append(f"the manifest has a ranker but not {absent}")
+        elif (a["cooc_indptr"].shape != (num_items + 1,) or a["item_first_seen"].shape != (num_items,)
+              or a["item_recent_popularity"].shape != (num_items,)
+              or int(a["cooc_indptr"][-1]) != len(a["cooc_indices"]) or len(a["cooc_indices"]) != len(a["cooc_values"])):
+            problems.append("the ranker's co-occurrence CSR / item_first_seen do not match the number of items")
     if len(bundle.items) != num_items or len(bundle.users) != num_users:
         problems.append(f"tables have {len(bundle.items)} items / {len(bundle.users)} users, vectors "
                         f"{num_items} / {num_users}")

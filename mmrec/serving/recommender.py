@@ -9,7 +9,10 @@ The stages:
    cannot rank masked; plus, where the bundle has content vectors, the items nearest in
    content space to the user's recent history, so that cold items can enter at all.
 2. **Rank** the merged, de-duplicated candidates by the exact model score (user . item; ties
-   by item id, as in evaluation).
+   by item id, as in evaluation); or, when the bundle has a learned ranker
+   (``export ranker=lightgbm``), merge its candidate sources (model, content, co-occurrence,
+   popular) and order them by the ranker (:mod:`mmrec.serving.two_stage`, the code its test
+   evaluation ran), each item saying which sources proposed it.
 3. **Re-rank** the best ``candidates`` of them for diversity (``mmr`` or ``dpp`` over content
    similarity, ``diversity`` in [0, 1]; 0 keeps the ranking) and apply business rules (an
    optional cap per item group).
@@ -80,8 +83,9 @@ class Recommendation:
     score: float
     because: str | None = None  # the history / liked item most like this one (raw id)
     because_title: str | None = None
-    source: str = "model"  # "model": ranked by the model's score; "content": by content similarity alone
+    source: str = "model"  # "model": ranked by the model's score; "ranker": by the learned ranker; "content": by content similarity alone
     image: str | None = None  # path of the item's image inside the bundle, if any
+    proposed_by: list[str] | None = None  # with a learned ranker: the candidate sources that proposed the item
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields: no deep copy (dataclasses.asdict costs ~1 ms for a list of 20)
@@ -121,6 +125,9 @@ class Recommender:
         max_per_group: business rule: at most this many items of one ``group`` (an items-table
             column, e.g. a category) in a list; ``None``: no cap.
         limits: what one request may ask (``None``: the defaults of :class:`Limits`).
+        ranker: ``auto``: the bundle's learned ranking stage where it has one; ``off``: rank by the
+            model's score; ``on``: require one. With it, the model source is the exact ranking and
+            ``candidates`` / ``content_candidates`` / ``recent`` give way to the bundle's own sizes.
     """
 
     user_raw = _catalogue_attribute("user_raw")
@@ -136,7 +143,7 @@ class Recommender:
                  rerank: str | Callable = "mmr",
                  candidates: int = 200, content_candidates: int = 50, recent: int = 10, fold_in: str = "auto",
                  fold_in_reg: float = 1.0, max_per_group: int | None = None, query_items: int = 5,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, ranker: str = "auto"):
         if isinstance(rerank, str) and rerank not in RERANKERS:
             raise ValueError(f"rerank must be one of {sorted(RERANKERS)}, got {rerank!r}")
         if isinstance(index, str) and index not in INDEXES:
@@ -145,6 +152,11 @@ class Recommender:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         if content_candidates < 0 or recent < 1:
             raise ValueError(f"content_candidates must be >= 0 and recent >= 1, got {content_candidates}, {recent}")
+        if ranker not in ("auto", "on", "off"):
+            raise ValueError(f"ranker must be auto, on or off, got {ranker!r}")
+        if ranker == "on" and "ranker" not in bundle.manifest:
+            raise ValueError(f"ranker=on but {bundle.root} has no learned ranker: export the run with "
+                             f"`python -m mmrec.export run=<run> ranker=lightgbm`, or use ranker=auto")
         if max_per_group is not None and max_per_group < 1:
             raise ValueError(f"max_per_group must be >= 1 or null, got {max_per_group}")
         self.bundle = bundle
@@ -165,11 +177,21 @@ class Recommender:
         saved = (bundle.root / "index.faiss", bundle.manifest.get("index"))  # its factory, tuned breadth, recall
         factory = INDEXES[index] if isinstance(index, str) else index
         self.index = factory(item_vectors=self.item_vectors, rankable=self.rankable, saved=saved, **(index_params or {}))
+        self.two_stage = None
+        if ranker != "off" and "ranker" in bundle.manifest:
+            from mmrec.serving.two_stage import load_two_stage
+
+            self.two_stage = load_two_stage(bundle)
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True, **kwargs) -> Recommender:
         """Load and verify the bundle at ``path`` (:func:`~mmrec.serving.bundle.load_bundle`)."""
         return cls(load_bundle(path, verify=verify), **kwargs)
+
+    @property
+    def ranked_by(self) -> str:
+        """What orders the lists: ``ranker`` (the bundle's learned ranking stage) or ``model``."""
+        return "model" if self.two_stage is None else "ranker"
 
     # -- the catalogue and the visitor encoder, as the recommender's own API ---------------
     @property
@@ -204,10 +226,15 @@ class Recommender:
         self.limits.check_k(k)
         self.limits.check_diversity(diversity)
 
-    def _pipeline(self, queries: torch.Tensor, seen: list[np.ndarray], recent: list[np.ndarray], k: int,
-                  diversity: float) -> list[list[tuple[int, float]]]:
-        """``(item row, score)`` lists for query vectors ``[B, d]``; ``seen[b]`` is excluded."""
+    def _pipeline(self, queries: torch.Tensor, seen: list[np.ndarray], histories: list[np.ndarray], k: int,
+                  diversity: float) -> tuple[list[list[tuple[int, float]]], list[list[list[str]] | None]]:
+        """``(item row, score)`` lists for query vectors ``[B, d]`` whose known items (oldest
+        first) are ``histories[b]``; ``seen[b]`` is excluded. Also, per list, the sources that
+        proposed each item (``None`` without a learned ranker)."""
         exclude = RowItems(seen, self.num_items)
+        if self.two_stage is not None:
+            return self._ranked(queries, seen, histories, exclude, k, diversity)
+        recent = [h[-self.recent:] for h in histories]
         n = max(self.candidates, k)
         ids, _ = self.index.search(queries, n, exclude)  # [B, n] model candidates
         if self.content_candidates and self.has_content:
@@ -234,7 +261,27 @@ class Recommender:
             cand, scores = cand[order], scores[order]
             picked = self._rerank(cand, scores, k, diversity)
             out.append(list(zip(cand[picked].tolist(), scores[picked].tolist())))
-        return out
+        return out, [None] * len(out)
+
+    def _ranked(self, queries: torch.Tensor, seen: list[np.ndarray], histories: list[np.ndarray], exclude: RowItems,
+                k: int, diversity: float) -> tuple[list[list[tuple[int, float]]], list[list[list[str]]]]:
+        """The learned ranking stage: the two-stage full ranking (the one its evaluation counted),
+        its best ``candidates`` re-ranked."""
+        from mmrec.serving.two_stage import SOURCES
+
+        full, proposed = self.two_stage.scores(queries.float(), histories, seen)  # [B, I], [B, I, S]
+        n = min(max(self.candidates, k), self.num_items)
+        ids, values = top_items(lambda r: full[r], torch.arange(len(queries)), [exclude], n, self.unrankable)
+        out, sources = [], []
+        for b in range(len(queries)):
+            shown = ~torch.isneginf(values[b])
+            cand, scores = ids[b][shown], values[b][shown]
+            order = self._rerank(cand, scores, k, diversity) if len(cand) else torch.zeros(0, dtype=torch.long)
+            picked = cand[order]
+            out.append(list(zip(picked.tolist(), scores[order].tolist())))
+            flags = proposed[b, picked].tolist()  # [k, S]
+            sources.append([[s for s, f in zip(SOURCES, row) if f] for row in flags])
+        return out, sources
 
     def _rerank(self, cand: torch.Tensor, scores: torch.Tensor, k: int, diversity: float) -> torch.Tensor:
         """Positions into ``cand`` (ranked) of the final list: diversity re-ranking of the best
@@ -263,19 +310,20 @@ class Recommender:
         values, best = sim.max(1)  # [k]
         return [None if v == -float("inf") else int(history[j]) for v, j in zip(values.tolist(), best.tolist())]
 
-    def _results(self, ranked: list[tuple[int, float]], because: list[int | None], source: str = "model"
-                 ) -> list[Recommendation]:
+    def _results(self, ranked: list[tuple[int, float]], because: list[int | None], source: str = "model",
+                 proposed_by: list[list[str]] | None = None) -> list[Recommendation]:
         c = self.catalogue
+        proposed_by = proposed_by or [None] * len(ranked)
         return [Recommendation(rank=r + 1, item=c.item_raw[i], title=c.titles[i], score=round(s, 6),
                                because=None if b is None else c.item_raw[b],
                                because_title=None if b is None else c.titles[b], source=source,
-                               image=c.images[i] or None)
-                for r, ((i, s), b) in enumerate(zip(ranked, because))]
+                               image=c.images[i] or None, proposed_by=p)
+                for r, ((i, s), b, p) in enumerate(zip(ranked, because, proposed_by))]
 
-    def _explained(self, ranked: list[tuple[int, float]], history: np.ndarray, source: str = "model"
-                   ) -> list[Recommendation]:
+    def _explained(self, ranked: list[tuple[int, float]], history: np.ndarray, source: str = "model",
+                   proposed_by: list[list[str]] | None = None) -> list[Recommendation]:
         """``ranked`` as shown, each with the ``history`` item most like it."""
-        return self._results(ranked, self._because([i for i, _ in ranked], history), source)
+        return self._results(ranked, self._because([i for i, _ in ranked], history), source, proposed_by)
 
     def _nearest(self, profile: torch.Tensor, seen: np.ndarray, n: int) -> list[tuple[int, float]]:
         """The ``n`` items most similar to ``profile`` ``[1, D]`` in content space, without ``seen``."""
@@ -289,8 +337,8 @@ class Recommender:
         if visitor.vector is None:  # nothing the model can score: answer from content alone
             profile = self.similarity_vectors[torch.as_tensor(basis)].mean(0, keepdim=True)  # [1, D]
             return self._explained(self._nearest(profile, seen, k), basis, source="content")
-        ranked = self._pipeline(visitor.vector.unsqueeze(0), [seen], [basis[-self.recent:]], k, diversity)[0]
-        return self._explained(ranked, basis)
+        ranked, sources = self._pipeline(visitor.vector.unsqueeze(0), [seen], [np.asarray(basis)], k, diversity)
+        return self._explained(ranked[0], basis, self.ranked_by, sources[0])
 
     # -- public API ---------------------------------------------------------------------
     def recommend(self, users: Sequence[str], k: int = 10, exclude_seen: bool = True,
@@ -306,9 +354,8 @@ class Recommender:
         extra = self.catalogue.items(self.limits.item_ids("exclude", exclude))
         histories = [self.catalogue.known_rows(u) for u in rows]
         seen = [np.concatenate([h, extra]) if exclude_seen else extra for h in histories]
-        recent = [h[-self.recent:] for h in histories]
-        ranked = self._pipeline(self.user_vectors[torch.as_tensor(rows)].float(), seen, recent, k, diversity)
-        return [self._explained(r, h) for r, h in zip(ranked, histories)]
+        ranked, sources = self._pipeline(self.user_vectors[torch.as_tensor(rows)].float(), seen, histories, k, diversity)
+        return [self._explained(r, h, self.ranked_by, p) for r, h, p in zip(ranked, histories, sources)]
 
     def answer_visitor(self, liked_items: Sequence[str] | None = None, query: str | None = None, k: int = 10,
                        exclude: Sequence[str] | None = None, diversity: float = 0.0) -> VisitorAnswer:

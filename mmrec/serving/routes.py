@@ -45,8 +45,11 @@ class RecommendationOut(BaseModel):
     score: float = Field(description="the model's score (or content similarity when source is 'content')")
     because: str | None = Field(None, description="raw id of the history / liked item most like this one")
     because_title: str | None = None
-    source: str = Field(description="'model': ranked by the model; 'content': by content similarity alone")
+    source: str = Field(description="'model': ranked by the model; 'ranker': by the bundle's learned ranker; "
+                                    "'content': by content similarity alone")
     image: str | None = Field(None, description="URL of the item's image, or null")
+    proposed_by: list[str] | None = Field(None, description="with a learned ranker: the candidate sources that "
+                                                            "proposed the item (model, content, cooccurrence, popular)")
 
 
 class RecommendationsOut(BaseModel):
@@ -130,6 +133,9 @@ async def info(rec: Rec):
                               "recall_k": (rec.bundle.manifest.get("index") or {}).get("k")}
                              if rec.index.name == "faiss" else None),
             "rerank": reranker_name(rec.rerank),
+            # the learned ranking stage: its sources and the held-out validation users' figures at export
+            "ranker": ({k: v for k, v in manifest["ranker"].items() if k in ("kind", "sizes", "params", "rounds", "held_out")}
+                       if rec.two_stage is not None else None),
             "text_queries": rec.visitors.text_queries, "limits": rec.limits.model_dump()}
 
 
