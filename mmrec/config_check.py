@@ -302,7 +302,10 @@ def _run_folder_check(config: DictConfig) -> None:
     a folder that holds another run."""
     if not all(key in config for key in ("trainer", "model", "ckpt_path")):
         return  # not a training (prepare writes no run folder of this kind)
-    from mmrec.runs import RunFolderError, config_resume_problem, folder_problem
+    from mmrec.runs import RunFolderError, config_resume_problem, folder_problem, secondary_process
+
+    if secondary_process():  # a DDP process re-running the command in the first one's run folder
+        return
 
     run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
     ckpt = config.get("ckpt_path")

@@ -35,6 +35,13 @@ class RunFolderError(MmrecError, RuntimeError):
     keeps_folder = True
 
 
+def secondary_process() -> bool:
+    """Whether this process is a DDP process other than the first (Lightning's launchers set
+    its rank in the environment): it re-runs the command in the same run folder, which the
+    first process already holds and checks."""
+    return any(os.environ.get(var, "0") not in ("", "0") for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def holds_run(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds (the start of) a training run."""
     folder = Path(folder)

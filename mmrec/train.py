@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 # the command line is reported before they load (seconds, on a busy machine tens of seconds)
 from mmrec.config_check import ConfigError, check_config
 from mmrec.runs import (RunFolderError, RunLock, config_resume_problem, folder_problem, load_checkpoint,
-                        resume_problem)
+                        resume_problem, secondary_process)
 from mmrec.utils import cli
 from mmrec.utils.config import command_line
 from mmrec.utils.errors import MmrecError, hydra_user_errors
@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     check_config(cfg)  # a bad value fails here, before the run folder is written
     quiet_lightning()
-    first = _process_rank() == 0
+    first = not secondary_process()
     if not first:  # a DDP process other than the first: its lines would repeat rank 0's
         for name in ("mmrec", log.name):  # log.name is "__main__" under `python -m mmrec.train`
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -224,14 +224,6 @@ def _train(cfg: DictConfig, out_dir: Path) -> tuple[dict[str, Any], dict[str, An
                     "\"interrupted\". Continue with: %s ckpt_path=%s", record["best_epoch"], command,
                     shlex.quote(str(out_dir / "checkpoints" / "last.ckpt")))
     return metrics, objects
-
-
-def _process_rank() -> int:
-    """This process's global rank as Lightning's launchers set it in the environment (0 alone)."""
-    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "0") not in ("", "0"):
-            return 1
-    return 0
 
 
 def set_threads(threads: int | None) -> int:

@@ -339,7 +339,6 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, data_dir):
     assert len(pd.read_csv(sweep / "summary.csv")) == 2
 
 
-@pytest.mark.slow
 def test_ddp_on_cpu_two_processes_evaluates_exactly(tmp_path, data_dir):
     from mmrec.train import build
 
@@ -361,9 +360,15 @@ def test_ddp_on_cpu_two_processes_evaluates_exactly(tmp_path, data_dir):
                                          ckpt_path=record["best_checkpoint"], verbose=False)
     (test,) = objects["trainer"].test(objects["module"], datamodule=objects["datamodule"],
                                       ckpt_path=record["best_checkpoint"], verbose=False)
-    for key in ("val/recall@20", "val/ndcg@50", "val/cold/recall@20"):
+    # beyond-accuracy metrics are functions of all users' lists together (coverage, Gini, ...): they
+    # cannot be averaged over ranks, so they must come out equal too
+    beyond = ("coverage@20", "gini@20", "entropy@20", "novelty@20", "avg_pop@20", "aplt@20", "cold_exposure@20",
+              "ild_content@20")
+    for key in ("val/recall@20", "val/ndcg@50", "val/cold/recall@20", *(f"val/{b}" for b in beyond)):
+        assert key in val, key
         assert record["metrics"][key] == pytest.approx(val[key], abs=1e-6), key
-    for key in ("test/recall@20", "test/warm/ndcg@20"):
+    for key in ("test/recall@20", "test/warm/ndcg@20", *(f"test/{b}" for b in beyond)):
+        assert key in test, key
         assert record["metrics"][key] == pytest.approx(test[key], abs=1e-6), key
 
 
