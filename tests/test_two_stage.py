@@ -13,7 +13,7 @@ from mmrec.export import export_run
 from mmrec.run import assemble, saved_config
 from mmrec.serving.bundle import BundleError, load_bundle
 from mmrec.serving.recommender import Recommender
-from mmrec.serving.two_stage import SOURCES, StageData, TwoStage, cooccurrence, load_two_stage
+from mmrec.serving.two_stage import SOURCES, StageData, TwoStage, content_projection, cooccurrence, load_two_stage
 from mmrec.two_stage import RankerSettings, _two_stage_scorer, csr_with_times, evaluate_bundle, train_view, view
 
 QUICK = RankerSettings(grid={"num_leaves": [7], "learning_rate": [0.1], "min_child_samples": [5]}, max_rounds=30, folds=3,
@@ -187,3 +187,28 @@ def test_api_says_which_sources_proposed_each_item(ranked_bundle):
         assert [r["item"] for r in diverse] != [r["item"] for r in items]
         visitor = client.post("/recommendations", json={"items": [items[0]["item"]], "k": 5}).json()
         assert all(r["proposed_by"] for r in visitor["items"])
+
+
+def test_content_projection_keeps_features_exact():
+    g = torch.Generator().manual_seed(3)
+    basis = torch.randn(2, 6, generator=g)
+    content = torch.randn(50, 2, generator=g) @ basis  # rank 2: two directions hold everything
+    p = content_projection(content, 2)
+    assert p.shape == (6, 2) and np.allclose(p, content_projection(content, 2))  # deterministic
+    # the projection spans the content: projecting and back loses nothing
+    back = (content @ torch.from_numpy(p)) @ torch.from_numpy(p).T
+    assert torch.allclose(back, content, atol=1e-4)
+    # searched in 2 of 3 dimensions, the content features of every candidate stay exact
+    data, histories = _stage()
+    projected = StageData.build(data.item_vectors, data.content, data.modalities, data.indptr, data.indices,
+                                np.arange(len(data.indices), dtype=float) * 86400, data.rankable, search_dim=2)
+    assert projected.projection is not None and data.projection is None
+    sizes = {"model": 6, "content": 2}
+    queries = torch.randn(3, 4, generator=g)
+    a = TwoStage(data, sizes).candidates(queries, histories)
+    b = TwoStage(projected, sizes).candidates(queries, histories)
+    assert torch.equal(a.pairs, b.pairs)  # the model proposes every unseen item in both
+    names = TwoStage(data, sizes).feature_names
+    for name in ("content_score", "content_image", "content_text"):
+        j = names.index(name)
+        assert np.allclose(a.features[:, j], b.features[:, j], atol=1e-6), name

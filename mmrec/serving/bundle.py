@@ -30,6 +30,7 @@ A bundle is a read-only folder::
       item_first_seen.npy       float64 [I]     each item's first known interaction (NaN: none)
       item_recent_popularity.npy float32 [I]    interactions among the latest 10% of the known
                                                 ones; manifest "ranker": sources, features, ...
+      content_projection.npy    float32 [D, k]  where the ranker's content source searches
 
 Vectors are stored with :func:`numpy.save` (C order, little-endian float32) so that every
 worker process can memory-map the same pages. Nothing in the bundle is written after export:
@@ -61,7 +62,8 @@ OPTIONAL_ARRAYS = ("content_vectors", "text_vectors")
 #: a two-tower model's user tower (:func:`mmrec.serving.recommender.tower_fold_in`)
 TOWER_ARRAYS = ("tower_weight", "tower_bias", "tower_query")
 #: the learned ranking stage (:mod:`mmrec.serving.two_stage`), with ``ranker.txt``
-RANKER_ARRAYS = ("cooc_indptr", "cooc_indices", "cooc_values", "item_first_seen", "item_recent_popularity")
+RANKER_ARRAYS = ("cooc_indptr", "cooc_indices", "cooc_values", "item_first_seen", "item_recent_popularity",
+                 "content_projection")
 TABLES = ("items.parquet", "users.parquet")
 
 
@@ -275,7 +277,7 @@ def _check_shapes(bundle: Bundle, how: str) -> None:
                 or a["tower_bias"].shape != (dim,) or (tower.get("pooling") == "attention") != ("tower_query" in a)):
             problems.append(f"the user tower ({tower or 'no manifest entry'}) does not match its arrays or {dim}-d vectors")
     if "ranker" in bundle.manifest:
-        absent = [f"{n}.npy" for n in RANKER_ARRAYS if n not in a] + (
+        absent = [f"{n}.npy" for n in RANKER_ARRAYS if n not in a and n != "content_projection"] + (
             [] if "ranker.txt" in bundle.manifest.get("files", {}) else ["ranker.txt"])
         if absent:
             problems.append(f"the manifest has a ranker but not {absent}")

@@ -11,7 +11,8 @@ the model cannot rank) removed, of which the best ``sizes[source]`` are proposed
 
 - ``model``: the retrieval model's score ``u . i`` (the exact index);
 - ``content``: cosine between an item's content and the mean content of the user's
-  ``recent`` latest known items (per modality, then averaged: the fused content space);
+  ``recent`` latest known items (per modality, then averaged: the fused content space),
+  searched in the content's top principal directions where it is wider than 64;
 - ``cooccurrence``: ``sum_h C[h, i]`` over those recent items ``h``, with ``C`` the
   item-item co-occurrence of the known histories, cosine-normalised
   (``C[h, i] = n_hi / sqrt(n_h n_i)``) and cut to each item's ``neighbours`` strongest;
@@ -96,6 +97,10 @@ class StageData:
         now: the latest known interaction time (an item's age is ``now - first_seen``).
         rankable: ``[I]`` bool, False where the model cannot score the item (never proposed).
         groups: ``[I]`` int group code (-1: none) or ``None``.
+        projection: ``[D, k]`` the content's top principal directions (:func:`content_projection`):
+            the content source searches in that ``k``-d space (a full scan of ``D``-d content per
+            request is memory-bound at 100k items); ``None``: exact search. The features are
+            exact either way.
     """
 
     item_vectors: torch.Tensor
@@ -109,6 +114,7 @@ class StageData:
     recent_popularity: np.ndarray
     rankable: torch.Tensor
     groups: torch.Tensor | None = None
+    projection: np.ndarray | None = None
     popularity: torch.Tensor = field(init=False)
 
     def __post_init__(self):
@@ -128,8 +134,9 @@ class StageData:
     @classmethod
     def build(cls, item_vectors: torch.Tensor, content: torch.Tensor | None, modalities: dict[str, int],
               indptr: np.ndarray, indices: np.ndarray, times: np.ndarray, rankable: torch.Tensor,
-              groups: torch.Tensor | None = None, neighbours: int = 50) -> "StageData":
-        """A view from known histories (CSR, ``times`` aligned with ``indices``)."""
+              groups: torch.Tensor | None = None, neighbours: int = 50, search_dim: int = 64) -> "StageData":
+        """A view from known histories (CSR, ``times`` aligned with ``indices``); content wider
+        than ``search_dim`` is searched in its :func:`content_projection`."""
         num_items = len(item_vectors)
         first = np.full(num_items, np.inf)
         np.minimum.at(first, np.asarray(indices, dtype=np.int64), np.asarray(times, dtype=np.float64))
@@ -138,7 +145,9 @@ class StageData:
         latest = np.asarray(times) >= np.quantile(times, 1 - RECENT_SHARE) if len(times) else np.zeros(0, bool)
         recent = np.bincount(np.asarray(indices, dtype=np.int64)[latest], minlength=num_items).astype(np.float32)
         return cls(item_vectors, content, modalities, np.asarray(indptr), np.asarray(indices),
-                   cooccurrence(indptr, indices, num_items, neighbours), first, now, recent, rankable, groups)
+                   cooccurrence(indptr, indices, num_items, neighbours), first, now, recent, rankable, groups,
+                   content_projection(content, search_dim) if content is not None and content.shape[1] > search_dim
+                   else None)
 
     @classmethod
     def from_bundle(cls, bundle) -> "StageData":
@@ -156,7 +165,29 @@ class StageData:
                    dict(entry.get("modalities", {})), np.asarray(a["history_indptr"]), np.asarray(a["history_indices"]),
                    cooc, np.array(a["item_first_seen"], dtype=np.float64), float(entry["now"]),
                    np.array(a["item_recent_popularity"], dtype=np.float32),
-                   torch.from_numpy(np.array(a["item_rankable"], dtype=bool)), groups)
+                   torch.from_numpy(np.array(a["item_rankable"], dtype=bool)), groups,
+                   np.array(a["content_projection"], dtype=np.float32) if "content_projection" in a else None)
+
+
+def _pair_dots(block: torch.Tensor, profile: torch.Tensor, r: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """``[P]`` ``profile[r] . block[i]``, from the gathered rows in chunks of at most 4M floats
+    (a batch of many users has many pairs)."""
+    step = max(1, (1 << 22) // max(block.shape[1], 1))
+    return torch.cat([(block[i[s:s + step]] * profile[r[s:s + step]]).sum(1) for s in range(0, len(r), step)]
+                     or [torch.zeros(0)])
+
+
+def content_projection(content: torch.Tensor, dim: int, sample: int = 20_000) -> np.ndarray:
+    """``[D, dim]`` the top principal directions (uncentred: the directions of the largest
+    inner products) of content ``[I, D]``, from at most ``sample`` evenly spaced rows; each
+    direction's sign fixed (its largest entry positive), so the same content gives the same
+    projection."""
+    rows = np.linspace(0, len(content) - 1, min(sample, len(content))).round().astype(np.int64)
+    x = content[torch.as_tensor(rows)].double()  # [n, D]
+    _, vectors = torch.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    top = vectors[:, -dim:].flip(1)  # [D, dim], largest first
+    sign = torch.sign(top.gather(0, top.abs().argmax(0, keepdim=True)))  # [1, dim]
+    return (top * sign).float().numpy()
 
 
 def _group_codes(values) -> tuple[np.ndarray, list[str]]:
@@ -202,12 +233,19 @@ class TwoStage:
         if data.content is None:
             self.sizes["content"] = 0
         self.feature_names = list(FEATURES) + [f"content_{m}" for m in (data.modalities if data.content is not None else {})]
+        # per-item features, computed once
+        age = np.log1p(np.maximum(data.now - data.first_seen, 0.0) / 86400.0)  # [I], NaN: never seen
+        self._item = {"pop_log": torch.log1p(data.popularity), "age_log_days": torch.from_numpy(age.astype(np.float32)),
+                      "pop_recent_log": torch.log1p(torch.from_numpy(np.array(data.recent_popularity, dtype=np.float32))),
+                      "cold": (data.popularity == 0).float()}
+        self._blocks, self._search, self._projection = [], None, None
         if data.content is not None:  # each modality's unit rows (content blocks are scaled by 1/sqrt(M))
             scale = len(data.modalities) ** 0.5
             bounds = np.cumsum([0, *data.modalities.values()])
             self._blocks = [data.content[:, a:b] * scale for a, b in zip(bounds[:-1], bounds[1:])]  # [I, d_m] each
-        else:
-            self._blocks = []
+            if data.projection is not None:
+                self._projection = torch.from_numpy(np.asarray(data.projection, dtype=np.float32))  # [D, k]
+                self._search = data.content @ self._projection  # [I, k]
 
     def candidates(self, queries: torch.Tensor, histories: Sequence[np.ndarray],
                    exclude: Sequence[np.ndarray] | None = None) -> Candidates:
@@ -223,11 +261,11 @@ class TwoStage:
         blocked |= ~d.rankable.unsqueeze(0)
         recent = [np.asarray(h[-self.recent:], dtype=np.int64) for h in histories]
         model = queries.float() @ d.item_vectors.T  # [B, I]
-        per_modality = [self._similarity(block, recent) for block in self._blocks]  # [B, I] each
-        content = torch.stack(per_modality).mean(0) if per_modality else torch.zeros(b, num_items)
+        profiles = [self._profile(block, recent) for block in self._blocks]  # [B, d_m] each, unit (0: no history)
+        content = self._content_scores(profiles, b)  # [B, I]
         cooc = torch.from_numpy((history_csr(recent, num_items) @ d.cooc).toarray().astype(np.float32))  # [B, I]
         cooc_all = torch.from_numpy((history_csr(histories, num_items) @ d.cooc).toarray().astype(np.float32))  # [B, I]
-        pop = torch.log1p(d.popularity).expand(b, num_items)  # [B, I]
+        pop = self._item["pop_log"].expand(b, num_items)  # [B, I]
         scores = {"model": model, "content": content, "cooccurrence": cooc, "popular": pop}
         ranks, best = {}, {}  # per source: ranks [B, I] and each row's best proposable score [B]
         proposed_any = torch.zeros(b, num_items, dtype=torch.bool)
@@ -249,29 +287,39 @@ class TwoStage:
         pairs = proposed_any.nonzero()  # [P, 2] row-major, items ascending
         r, i = pairs[:, 0], pairs[:, 1]
         hist_len = torch.tensor([len(h) for h in histories], dtype=torch.float32)  # [B]
-        age = np.log1p(np.maximum(d.now - d.first_seen, 0.0) / 86400.0)  # [I], NaN: never seen
         # scores relative to the row's best: a user's scale differs, a tree's thresholds do not
         model_top = best.get("model", model.masked_fill(blocked, -torch.inf).max(1).values)
         cooc_top = best.get("cooccurrence", cooc.max(1).values).clamp_min(1e-12).nan_to_num(1.0, posinf=1.0, neginf=1.0)
-        columns = [model[r, i], model[r, i] - model_top[r], ranks["model"][r, i], content[r, i], ranks["content"][r, i],
+        per_modality = [_pair_dots(block, profile, r, i) for block, profile in zip(self._blocks, profiles)]  # [P] each
+        content_pairs = torch.stack(per_modality).mean(0) if per_modality else torch.zeros(len(r))
+        columns = [model[r, i], model[r, i] - model_top[r], ranks["model"][r, i], content_pairs, ranks["content"][r, i],
                    cooc[r, i], cooc[r, i] / cooc_top[r], ranks["cooccurrence"][r, i], cooc_all[r, i],
                    cooc_all[r, i] / cooc_all.masked_fill(blocked, 0).max(1).values.clamp_min(1e-12)[r], pop[r, i],
-                   torch.log1p(torch.from_numpy(d.recent_popularity))[i], torch.from_numpy(age.astype(np.float32))[i],
-                   (d.popularity[i] == 0).float(), torch.log1p(hist_len)[r], self._group_share(histories, r, i)]
-        columns += [m[r, i] for m in per_modality]
+                   self._item["pop_recent_log"][i], self._item["age_log_days"][i], self._item["cold"][i], torch.log1p(hist_len)[r], self._group_share(histories, r, i)]
+        columns += per_modality
         features = torch.stack(columns, dim=1).numpy().astype(np.float32)  # [P, F]
         proposed = torch.stack([ranks[s][r, i] < self.sizes[s] for s in SOURCES], dim=1)  # [P, S]
         return Candidates(pairs, features, proposed, model)
 
-    def _similarity(self, block: torch.Tensor, recent: list[np.ndarray]) -> torch.Tensor:
-        """``[B, I]`` cosine of every item's block with the mean of each row's recent items'
-        (0 for a row without history or an item without that modality)."""
+    def _content_scores(self, profiles: list[torch.Tensor], b: int) -> torch.Tensor:
+        """``[B, I]`` the content source's score: the mean over modalities of each item's cosine
+        with the row's profile, i.e. the fused content's dot product with the profiles
+        concatenated over sqrt(M); in the projected space where the data has one."""
+        if not profiles:
+            return torch.zeros(b, self.data.num_items)
+        query = torch.cat(profiles, dim=1) / len(profiles) ** 0.5  # [B, D] in the fused layout
+        if self._search is not None:
+            return (query @ self._projection) @ self._search.T  # [B, k] @ [k, I]
+        return query @ self.data.content.T
+
+    def _profile(self, block: torch.Tensor, recent: list[np.ndarray]) -> torch.Tensor:
+        """``[B, d_m]`` the unit mean of each row's recent items' block (0 without history);
+        an item's cosine with it is its block's dot product."""
         lengths = torch.tensor([len(r) for r in recent])
         flat = torch.as_tensor(np.concatenate(recent) if recent else np.zeros(0, np.int64))
         row = torch.repeat_interleave(torch.arange(len(recent)), lengths)
         profile = torch.zeros(len(recent), block.shape[1]).index_add_(0, row, block[flat])  # [B, d_m]
-        profile = profile / profile.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return profile @ block.T
+        return profile / profile.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def _group_share(self, histories: Sequence[np.ndarray], r: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """``[P]`` share of row ``r``'s history in item ``i``'s group (NaN: no groups)."""
@@ -322,7 +370,8 @@ def bundle_arrays(data: StageData) -> dict[str, np.ndarray]:
     cooc = data.cooc.tocsr()
     return {"cooc_indptr": cooc.indptr.astype(np.int64), "cooc_indices": cooc.indices.astype(np.int64),
             "cooc_values": cooc.data.astype(np.float32), "item_first_seen": data.first_seen.astype(np.float64),
-            "item_recent_popularity": data.recent_popularity.astype(np.float32)}
+            "item_recent_popularity": data.recent_popularity.astype(np.float32),
+            **({"content_projection": data.projection.astype(np.float32)} if data.projection is not None else {})}
 
 
 def load_two_stage(bundle) -> TwoStage:
