@@ -20,15 +20,13 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, git_commit, machine, write_section  # noqa: E402
+from common import OUT, git_commit, machine, serve_in_thread, write_section  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
@@ -64,7 +62,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     import httpx
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from mmrec.export import export_run
@@ -78,14 +75,7 @@ def main() -> None:
     rec = Recommender.load(bundle)
     users = random.Random(args.seed).sample(list(map(str, rec.user_raw)), args.users)
     app = create_app(lambda: rec)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+    server, base = serve_in_thread(app)
     rows = []
     with sync_playwright() as pw, httpx.Client(base_url=base) as client:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=ARGS)

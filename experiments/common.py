@@ -93,3 +93,21 @@ def write_section(key: str, text: str) -> None:
     else:
         body = body.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(body)
+
+
+def serve_in_thread(app):
+    """Start ``app`` with uvicorn on a free port of 127.0.0.1 in a daemon thread of this process:
+    ``(server, base URL)``; set ``server.should_exit = True`` to stop it."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{port}"

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import threading
-import time
+import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, serve_in_thread  # noqa: E402
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
@@ -26,24 +25,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--diversity", type=float, default=0.0)
     args = parser.parse_args()
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from mmrec.serving.app import create_app
     from mmrec.serving.recommender import Recommender
 
     app = create_app(lambda: Recommender.load(args.bundle))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    server, base = serve_in_thread(app)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(base + "/")
         page.wait_for_function("document.getElementById('card').textContent.includes('·')")
         if args.diversity:
             page.eval_on_selector("#diversity", f"el => {{ el.value = '{args.diversity}'; "

@@ -111,14 +111,14 @@ def _rows(run, stage: TwoStage, user_vectors: torch.Tensor, users: np.ndarray, l
     ``users``' candidates, labelled by their ``label_split`` interactions."""
     inter = run.data.dataset.interactions
     truth = inter[inter["split"] == label_split]
-    keys = set((truth["user"].to_numpy() * stage.data.num_items + truth["item"].to_numpy()).tolist())
+    keys = np.unique(truth["user"].to_numpy() * stage.data.num_items + truth["item"].to_numpy())
     xs, ys, sizes, kept = [], [], [], []
     for start in range(0, len(users), batch):
         us = users[start:start + batch]
         c = stage.candidates(user_vectors[torch.as_tensor(us)], [stage.data.history(int(u)) for u in us])
         row = us[c.pairs[:, 0].numpy()]
         key = row * stage.data.num_items + c.pairs[:, 1].numpy()
-        ys.append(np.fromiter((k in keys for k in key.tolist()), dtype=np.float32, count=len(key)))
+        ys.append(np.isin(key, keys).astype(np.float32))
         xs.append(c.features)
         counts = np.bincount(c.pairs[:, 0].numpy(), minlength=len(us))
         sizes.append(counts[counts > 0])
@@ -247,14 +247,14 @@ def evaluate_bundle(run, bundle, k: int = 20) -> dict[str, Any]:
     # recall of each source's proposals (and of their union) of the test items
     inter = run.data.dataset.interactions
     test = inter[inter["split"] == 2]
-    keys = set((test["user"].to_numpy() * stage.data.num_items + test["item"].to_numpy()).tolist())
+    keys = np.unique(test["user"].to_numpy() * stage.data.num_items + test["item"].to_numpy())
     found = np.zeros(len(SOURCES) + 1)
     us_all = users.numpy()
     for begin in range(0, len(us_all), 256):
         us = us_all[begin:begin + 256]
         c = stage.candidates(user_vectors[torch.as_tensor(us)], [stage.data.history(int(u)) for u in us])
         key = us[c.pairs[:, 0].numpy()] * stage.data.num_items + c.pairs[:, 1].numpy()
-        hit = np.fromiter((x in keys for x in key.tolist()), dtype=bool, count=len(key))
+        hit = np.isin(key, keys)
         found[:-1] += c.proposed.numpy()[hit].sum(0)
         found[-1] += hit.sum()
     total = max(len(keys), 1)
