@@ -154,9 +154,10 @@ def test_late_fusion_is_weighted_sum_of_modality_scores():
     assert torch.allclose(users @ items.T, expected, atol=1e-5)
 
 
-def test_knn_matches_brute_force(features):
+@pytest.mark.parametrize("block", [{"chunk": 4}, {"block_elements": 1}, {}])  # 4 rows; 1 row (bounded block); default
+def test_knn_matches_brute_force(features, block):
     values, mask = features["image"]
-    nbr = cosine_knn(values, mask, k=3, chunk=4)
+    nbr = cosine_knn(values, mask, k=3, **block)
     x = torch.nn.functional.normalize(values, dim=1)
     present = torch.nonzero(mask).squeeze(1).tolist()
     for i in range(I):

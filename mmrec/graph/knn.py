@@ -16,9 +16,14 @@ import torch
 import torch.nn.functional as F
 
 
-def cosine_knn(values: torch.Tensor, mask: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+def cosine_knn(values: torch.Tensor, mask: torch.Tensor, k: int, chunk: int | None = None,
+               block_elements: int = 1 << 25) -> torch.Tensor:
     """``[I, k]`` indices of each item's ``k`` most cosine-similar *other* present items;
-    ``-1`` where there is no neighbour (missing items, or fewer than ``k + 1`` present)."""
+    ``-1`` where there is no neighbour (missing items, or fewer than ``k + 1`` present).
+
+    Rows are compared ``chunk`` at a time against every present item; by default ``chunk`` keeps
+    the ``[chunk, P]`` similarity block at ``block_elements`` floats (128 MB), so memory stays
+    bounded at any catalogue size instead of growing with ``P``."""
     x = F.normalize(values.float(), dim=1)
     n = x.shape[0]
     out = torch.full((n, k), -1, dtype=torch.long, device=values.device)
@@ -26,6 +31,8 @@ def cosine_knn(values: torch.Tensor, mask: torch.Tensor, k: int, chunk: int = 20
     if present.numel() <= 1:
         return out
     k_eff = min(k, present.numel() - 1)
+    if chunk is None:
+        chunk = max(1, min(4096, block_elements // present.numel()))
     xp = x[present]
     for start in range(0, present.numel(), chunk):
         rows = present[start:start + chunk]
