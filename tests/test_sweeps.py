@@ -339,6 +339,19 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, data_dir):
     assert len(pd.read_csv(sweep / "summary.csv")) == 2
 
 
+def test_submitit_local_launcher_runs_the_sweep_as_submitted_jobs(tmp_path, data_dir):
+    """hydra/launcher=local: the SLURM launcher's path (submitit pickles each job and runs it in
+    its own process) on this machine; every job finishes, the sweep summary counts both."""
+    sweep = tmp_path / "sweep"
+    proc = train_cli(["-m", "hydra/launcher=local", "seed=0,1", "trainer.max_epochs=1", "logger=none", *QUICK,
+                      f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.log
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # two submitit jobs, each with its result
+    records = [metrics_of(sweep / job) for job in "01"]
+    assert all(r["best_checkpoint"] for r in records)
+    assert len(pd.read_csv(sweep / "summary.csv")) == 1  # one configuration, two seeds
+
+
 def test_ddp_on_cpu_two_processes_evaluates_exactly(tmp_path, data_dir):
     from mmrec.train import build
 
