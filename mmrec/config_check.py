@@ -125,6 +125,13 @@ RULES: dict[str, Spec] = {
     "evaluation.rank_block": _int(1, nullable=True),
     "evaluation.mask_history": BOOL,
     # evaluation.ks and evaluation.lists: in _cross_checks (a list; the lists modes are the evaluator's)
+    # preparation (conf/prepare.yaml): where the feature stages encode
+    "prepare.engine": Spec("choice", choices=("local", "ray")),
+    "prepare.ray.actors": POSITIVE,
+    "prepare.ray.num_cpus": _int(1, nullable=True),
+    "prepare.ray.cpus_per_actor": _float(0.0),
+    "prepare.ray.gpus_per_actor": _float(0.0),
+    "prepare.ray.threads_per_actor": _int(1, nullable=True),
     # dataset: the DataModule (every dataset)
     "dataset.pairs_per_batch": POSITIVE,
     "dataset.eval_users_per_batch": POSITIVE,

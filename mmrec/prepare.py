@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def feature_stages(root: Path, modality_encoder_cfg: DictConfig | None, overwrite: bool,
-                   progress: bool) -> list[Stage]:
+                   progress: bool, engine: Any = None) -> list[Stage]:
     """One stage per modality the ``modality_encoder`` config covers (``image`` / ``text`` not
-    null). Modality encoders are built when their stage runs, so a skipped stage loads no model."""
+    null). Modality encoders are built when their stage runs, so a skipped stage loads no model.
+    ``engine``: None to encode in this process, or a :class:`mmrec.features.ray_engine.RayEngine`."""
     if modality_encoder_cfg is None:
         return []
     from mmrec.data.features_stage import extract_modality
@@ -46,7 +47,8 @@ def feature_stages(root: Path, modality_encoder_cfg: DictConfig | None, overwrit
         params = OmegaConf.to_container(modality_encoder_cfg[modality], resolve=True)
         params |= {"dtype": str(modality_encoder_cfg.dtype)}
         stages.append(Stage(f"features_{modality}", params,
-                            lambda m=modality: extract_modality(root, m, modality_encoders, overwrite, progress)))
+                            lambda m=modality: extract_modality(root, m, modality_encoders, overwrite, progress,
+                                                                               engine)))
     return stages
 
 
@@ -128,7 +130,8 @@ def prepare(cfg: DictConfig) -> list[dict]:
     else:
         stages = list(source.stages(root))
     modality_encoder_cfg = None if source.makes_features or not opts.features else cfg.get("modality_encoder")
-    extra = feature_stages(root, modality_encoder_cfg, bool(opts.overwrite_features), bool(opts.progress))
+    engine = instantiate(opts.ray) if opts.get("engine", "local") == "ray" and modality_encoder_cfg is not None else None
+    extra = feature_stages(root, modality_encoder_cfg, bool(opts.overwrite_features), bool(opts.progress), engine)
     if source.staged:
         modalities = [s.name.removeprefix("features_") for s in extra]
         stages = [_declaring(stage, root, modalities, command) if stage.name == "tables" else stage

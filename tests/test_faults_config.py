@@ -230,12 +230,13 @@ SHIPPED = _shipped_overrides()
 
 @pytest.fixture(scope="module")
 def shipped_cfgs() -> list[DictConfig]:
-    # the training configs of every group choice, and the serving entry configs (recommender, limits)
+    # the training configs of every group choice, the serving entry configs (recommender, limits), prepare
     # one Hydra context for all of them (a fresh one per config costs ~20% more)
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return [compose("train", overrides=o) for o in SHIPPED] + [compose(name, overrides=["bundle=/b"])
-                                                                   for name in ("serve", "recommend")]
+        return ([compose("train", overrides=o) for o in SHIPPED] + [compose(name, overrides=["bundle=/b"])
+                                                                    for name in ("serve", "recommend")]
+                + [compose("prepare")])
 
 
 def test_every_shipped_config_passes(shipped_cfgs):

@@ -34,7 +34,8 @@ def item_texts(items: pd.DataFrame) -> np.ndarray:
 
 
 def extract_images(root: str | os.PathLike, name: str, modality_encoder, batch_size: int = 256,
-                   dtype: str = "float16", num_workers: int = 0, progress: bool | None = None) -> dict:
+                   dtype: str = "float16", num_workers: int = 0, progress: bool | None = None,
+                   engine=None, encoder_factory=None) -> dict:
     """Encode ``items.image`` of a prepared dataset into ``features/<name>.lmdb``; returns the manifest.
 
     Args:
@@ -45,17 +46,19 @@ def extract_images(root: str | os.PathLike, name: str, modality_encoder, batch_s
         dtype: stored value type, ``"float16"`` or ``"float32"``.
         num_workers: DataLoader worker processes decoding images (0 = in this process).
         progress: show a tqdm bar (items/s); None = only when stderr is a terminal.
+        engine, encoder_factory: encode on Ray Data (see :func:`mmrec.features.extract.encode_images`).
     """
     root = Path(root)
     ds = load_prepared(root, verify=False)
     rel = f"features/{name}.lmdb"
     stats = encode_images(root / rel, ds.items["image"].to_numpy(), modality_encoder, image_root=root,
-                          batch_size=batch_size, dtype=dtype, num_workers=num_workers, progress=progress)
+                          batch_size=batch_size, dtype=dtype, num_workers=num_workers, progress=progress,
+                          engine=engine, encoder_factory=encoder_factory)
     return register_feature(root, name, {"path": rel, **stats})
 
 
 def extract_texts(root: str | os.PathLike, name: str, modality_encoder, batch_size: int = 256,
-                  dtype: str = "float16", progress: bool | None = None) -> dict:
+                  dtype: str = "float16", progress: bool | None = None, engine=None, encoder_factory=None) -> dict:
     """Encode ``items.title + items.text`` into ``features/<name>.lmdb``; empty text is missing.
 
     Arguments as :func:`extract_images` (no workers: tokenising is cheap next to the model).
@@ -64,7 +67,7 @@ def extract_texts(root: str | os.PathLike, name: str, modality_encoder, batch_si
     ds = load_prepared(root, verify=False)
     rel = f"features/{name}.lmdb"
     stats = encode_texts(root / rel, item_texts(ds.items), modality_encoder, batch_size=batch_size, dtype=dtype,
-                         progress=progress)
+                         progress=progress, engine=engine, encoder_factory=encoder_factory)
     return register_feature(root, name, {"path": rel, **stats})
 
 
@@ -94,8 +97,9 @@ def stored_modality_encoder(root: Path, modality: str) -> str | None:
 
 
 def extract_modality(root: Path, modality: str, modality_encoders: ModalityEncoderSet, overwrite: bool,
-                     progress: bool) -> dict:
-    """One feature stage of ``mmrec.prepare``: extract ``modality`` into ``features/<modality>.lmdb``.
+                     progress: bool, engine=None) -> dict:
+    """One feature stage of ``mmrec.prepare``: extract ``modality`` into ``features/<modality>.lmdb``,
+    in this process or (``engine``, a :class:`mmrec.features.ray_engine.RayEngine`) on Ray Data.
 
     A store written by another modality encoder is refused, or with ``overwrite`` unregistered
     and deleted first; returns the stage summary (dim, count, missing, modality_encoder).
@@ -126,12 +130,17 @@ def extract_modality(root: Path, modality: str, modality_encoders: ModalityEncod
         manifest.get("features", {}).pop(modality, None)
         write_manifest(root, manifest)  # unregister first: a crash now leaves "missing", never "wrong"
         shutil.rmtree(path)
+    remote = {}
+    if engine is not None:  # each actor builds the encoder from its spec, not a pickled built model
+        from mmrec.features.ray_engine import EncoderFactory
+
+        remote = {"engine": engine, "encoder_factory": EncoderFactory(modality_encoders.spec(modality), modality)}
     if modality == "image":
         extract_images(root, modality, enc, batch_size=modality_encoders.batch_size, dtype=modality_encoders.dtype,
-                       num_workers=modality_encoders.num_workers, progress=progress)
+                       num_workers=modality_encoders.num_workers, progress=progress, **remote)
     else:
         extract_texts(root, modality, enc, batch_size=modality_encoders.batch_size, dtype=modality_encoders.dtype,
-                      progress=progress)
+                      progress=progress, **remote)
     entry = read_manifest(root)["features"][modality]
     return ({k: entry[k] for k in ("dim", "count", "missing") if k in entry}
             | {"modality_encoder": feature_modality_encoder(entry)})

@@ -99,6 +99,36 @@ class ImageBatches(Dataset):
         return torch.from_numpy(ids), images, torch.from_numpy(ok)
 
 
+class TextBatches:
+    """Batch ``b`` of ``ids``: ``(ids [n] int64, texts of the usable items, ok [n] bool)``;
+    an empty text is not usable (missing)."""
+
+    def __init__(self, texts: np.ndarray, ids: np.ndarray, batch_size: int):
+        self.texts, self.ids, self.batch_size = texts, np.asarray(ids, dtype=np.int64), int(batch_size)
+
+    def __len__(self) -> int:
+        return (len(self.ids) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, b: int):
+        ids = self.ids[b * self.batch_size:(b + 1) * self.batch_size]
+        batch = self.texts[ids]
+        ok = np.array([bool(t) for t in batch], dtype=bool)
+        return ids, [str(t) for t in batch[ok]], ok
+
+
+def image_preprocess(enc) -> Callable | None:
+    """The modality encoder's per-image ``preprocess`` when it can also ``encode_tensor`` the
+    stacked result (then resizing runs where the images are decoded), else None (PIL images)."""
+    return getattr(enc, "preprocess", None) if hasattr(enc, "encode_tensor") else None
+
+
+def encode_inputs(enc, kind: str, inputs) -> torch.Tensor:
+    """One batch's usable inputs -> ``[k, dim]`` vectors, as the in-process and Ray paths both encode."""
+    if kind == "image" and image_preprocess(enc) is not None:
+        return enc.encode_tensor(inputs)
+    return enc(inputs)
+
+
 def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
@@ -184,7 +214,7 @@ def _run(path: Path, modality_encoder, num_items: int, dtype: str, progress: boo
 
 def encode_images(path: str | Path, refs: Sequence[str] | np.ndarray, modality_encoder, image_root: str | Path,
                   batch_size: int = 256, dtype: str = "float16", num_workers: int = 0,
-                  progress: bool | None = None) -> dict:
+                  progress: bool | None = None, engine=None, encoder_factory=None) -> dict:
     """Encode the image of every item into the store at ``path``; returns its statistics.
 
     Args:
@@ -199,6 +229,10 @@ def encode_images(path: str | Path, refs: Sequence[str] | np.ndarray, modality_e
         dtype: stored value type, ``"float16"`` or ``"float32"``.
         num_workers: DataLoader worker processes decoding images (0 = in this process).
         progress: show a tqdm bar (items/s); None = only when stderr is a terminal.
+        engine: None to encode in this process, or a :class:`mmrec.features.ray_engine.RayEngine`
+            to encode the same batches in its actor pool (this process still writes the store).
+        encoder_factory: with ``engine``, a picklable zero-argument callable that builds the modality
+            encoder in each actor (default: ``modality_encoder`` itself, pickled).
 
     Returns:
         ``{dim, dtype, modality_encoder, weights_hash, count, missing, seconds, items_per_s}``.
@@ -206,7 +240,11 @@ def encode_images(path: str | Path, refs: Sequence[str] | np.ndarray, modality_e
     refs = np.asarray(refs, dtype=object)
     image_root = Path(image_root)
     enc = modality_encoder
-    preprocess = getattr(enc, "preprocess", None) if hasattr(enc, "encode_tensor") else None
+    if engine is not None:
+        return _run(Path(path), enc, len(refs), dtype, progress, image_digests(image_root, refs),
+                    lambda todo: engine.encoded("image", encoder_factory or enc, refs, todo, batch_size, image_root),
+                    torch.from_numpy)
+    preprocess = image_preprocess(enc)
     device = getattr(enc, "device", torch.device("cpu"))
     on_cuda = torch.device(device).type == "cuda"
 
@@ -221,26 +259,25 @@ def encode_images(path: str | Path, refs: Sequence[str] | np.ndarray, modality_e
         finally:
             del it  # shuts the workers down now, also when encoding raised
 
-    def encode(images) -> torch.Tensor:
-        return enc.encode_tensor(images) if preprocess is not None else enc(images)
-
-    return _run(Path(path), enc, len(refs), dtype, progress, image_digests(image_root, refs), batches, encode)
+    return _run(Path(path), enc, len(refs), dtype, progress, image_digests(image_root, refs), batches,
+                lambda images: encode_inputs(enc, "image", images))
 
 
 def encode_texts(path: str | Path, texts: Sequence[str] | np.ndarray, modality_encoder, batch_size: int = 256,
-                 dtype: str = "float16", progress: bool | None = None) -> dict:
+                 dtype: str = "float16", progress: bool | None = None, engine=None, encoder_factory=None) -> dict:
     """Encode the text of every item (``texts[item]``) into the store at ``path``; empty text
     is missing. Arguments and result as :func:`encode_images` (no workers: tokenising is cheap
     next to the model).
     """
     texts = np.asarray(texts, dtype=object)
+    if engine is not None:
+        return _run(Path(path), modality_encoder, len(texts), dtype, progress, text_digests(texts),
+                    lambda todo: engine.encoded("text", encoder_factory or modality_encoder, texts, todo, batch_size),
+                    torch.from_numpy)
 
     def batches(todo: np.ndarray):
-        for pos in range(0, len(todo), batch_size):
-            ids = todo[pos:pos + batch_size]
-            batch = texts[ids]
-            ok = np.array([bool(t) for t in batch], dtype=bool)
-            yield ids, [str(t) for t in batch[ok]], ok
+        source = TextBatches(texts, todo, batch_size)
+        return (source[b] for b in range(len(source)))
 
     return _run(Path(path), modality_encoder, len(texts), dtype, progress, text_digests(texts), batches,
                 modality_encoder)

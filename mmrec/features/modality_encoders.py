@@ -522,6 +522,11 @@ class ModalityEncoderSet:
     def modalities(self) -> list[str]:
         return [m for m, spec in self._specs.items() if spec is not None]
 
+    def spec(self, modality: str) -> Any:
+        """What builds the ``modality`` encoder (its config, or the object given), for building it
+        elsewhere (a Ray actor) without pickling a built model."""
+        return self._specs[modality]
+
     def build(self, modality: str):
         """The modality encoder of ``modality`` (instantiated on first call); raises if the choice has none."""
         if modality not in self._specs:
