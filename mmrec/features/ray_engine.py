@@ -42,7 +42,7 @@ class _EncodeActor:
         if isinstance(inputs, ray.ObjectRef):
             inputs, todo = ray.get(inputs), ray.get(todo)
         self.torch = torch
-        self.enc = encoder() if getattr(encoder, "is_factory", False) else encoder
+        self.enc = encoder() if isinstance(encoder, EncoderFactory) else encoder
         self.kind = kind
         self.batches = (ImageBatches(Path(image_root), inputs, todo, batch_size, image_preprocess(self.enc))
                         if kind == "image" else TextBatches(inputs, todo, batch_size))
@@ -76,8 +76,6 @@ def _objects(values: list) -> np.ndarray:
 class EncoderFactory:
     """A picklable recipe that builds one modality encoder in each actor (instead of pickling a
     built one, weights and all): ``ModalityEncoderSet(**{modality: spec}).build(modality)``."""
-
-    is_factory = True
 
     def __init__(self, spec: Any, modality: str):
         self.spec, self.modality = spec, modality
